@@ -1,0 +1,1 @@
+"""PPNS: the device socket server for Parse IoT clients."""

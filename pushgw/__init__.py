@@ -1,0 +1,1 @@
+"""pushgw: a Parse-compatible push gateway (intake, shared core and CLI)."""

@@ -1,0 +1,167 @@
+"""`pushgw` subcommands: parse arguments, load settings, call one run_* function each."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import uvicorn
+import uvloop
+from pydantic import SecretStr
+
+from pushgw.app import build_app
+from pushgw.connections import Connections
+from pushgw.errors import PushgwError
+from pushgw.logs import configure_logging, get_logger
+from pushgw.settings import AppSettings, ConfigError, QueueSettings, Settings, load_settings
+
+log = get_logger(__name__)
+T = TypeVar("T")
+DEV_APP_ID = "pushgw-dev"
+DEV_MASTER_KEY = "dev-master-key"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        configure_logging(settings.log)
+        return int(args.run(settings, args))
+    except ConfigError as error:
+        print(f"pushgw: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pushgw", description="Parse-compatible push gateway.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, run, text in (
+        ("serve", run_serve, "run the HTTP intake (POST /parse/push, /1/push)"),
+        ("worker", run_worker, "run a worker of the delivery fleet"),
+        ("ppns", run_ppns, "run a PPNS device socket server"),
+        ("dev", run_dev, "everything in one process: embedded SecantusDB + in-process queue"),
+    ):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("--config", metavar="PATH", help="TOML config file (default: $PUSHGW_CONFIG)")
+        command.set_defaults(run=run)
+    return parser
+
+
+def run_serve(settings: Settings, _: argparse.Namespace) -> int:
+    if settings.queue.is_memory:
+        raise ConfigError(
+            "queue.url is memory://, which only works inside `pushgw dev`; set queue.url = amqp://…"
+        )
+    if not settings.apps:
+        raise ConfigError("apps: no [[apps]] configured; add one with app_id and master_key")
+    server = _server(settings, build_app(settings))
+    _run(server.serve())
+    return 0
+
+
+def run_dev(settings: Settings, _: argparse.Namespace) -> int:
+    settings = dev_settings(settings)
+    return _run(_serve_dev(settings))
+
+
+def dev_settings(settings: Settings) -> Settings:
+    """`pushgw dev`: the in-process queue, and a development app when none is configured."""
+    apps = settings.apps or [AppSettings(app_id=DEV_APP_ID, master_key=SecretStr(DEV_MASTER_KEY))]
+    return settings.model_copy(update={"queue": QueueSettings(url="memory://"), "apps": apps})
+
+
+async def _serve_dev(settings: Settings) -> int:
+    try:
+        connections = await Connections.open(settings)
+    except PushgwError as error:
+        print(f"pushgw dev: {error}", file=sys.stderr)
+        return 1
+    try:
+        server = _server(settings, build_app(settings, connections=connections), banner=True)
+        await server.serve()
+    finally:
+        await connections.close()
+    return 0
+
+
+def run_worker(settings: Settings, _: argparse.Namespace) -> int:
+    print("pushgw worker: the delivery fleet is not built yet (issue #3); nothing to run.", file=sys.stderr)
+    return 2
+
+
+def run_ppns(settings: Settings, _: argparse.Namespace) -> int:
+    print("pushgw ppns: the PPNS socket server is not built yet (issue #5); nothing to run.", file=sys.stderr)
+    return 2
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, plus a banner with URLs and a ready-to-paste curl once the socket listens."""
+
+    def __init__(self, config: uvicorn.Config, settings: Settings, banner: bool) -> None:
+        super().__init__(config)
+        self._settings = settings
+        self._banner = banner
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self._banner and self.started:
+            print(dev_banner(self._settings), flush=True)
+
+
+def _server(settings: Settings, app: object, banner: bool = False) -> _Server:
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.http.host,
+        port=settings.http.port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+        server_header=False,
+    )
+    return _Server(config, settings, banner)
+
+
+def dev_banner(settings: Settings) -> str:
+    http = settings.http
+    base = f"http://{http.host}:{http.port}"
+    app = settings.apps[0]
+    curl = (
+        f"curl -X POST {base}{http.mounts[0]}/push \\\n"
+        f'  -H "X-Parse-Application-Id: {app.app_id}" \\\n'
+        f'  -H "X-Parse-Master-Key: {app.master_key.get_secret_value()}" \\\n'
+        '  -H "Content-Type: application/json" \\\n'
+        """  -d '{"channels": ["news"], "data": {"alert": "Hello from pushgw"}}'"""
+    )
+    mongo = settings.mongo.uri or f"embedded SecantusDB, data in {settings.mongo.embedded_path}"
+    lines = [
+        "pushgw dev is running",
+        f"  push:    {' '.join(base + mount + '/push' for mount in http.mounts)}",
+        f"  health:  {base}/health   ready: {base}/ready   metrics: {base}/metrics",
+        f"  mongo:   {mongo}",
+        "  queue:   memory:// (in-process)",
+        "",
+        "Send a push:",
+        curl,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop (Python 3.11 has no loop_factory for asyncio.run)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

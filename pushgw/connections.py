@@ -1,0 +1,39 @@
+"""The connections one pushgw process shares: MongoDB (embedded SecantusDB by default) and the broker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pymongo import AsyncMongoClient
+
+from pushgw.broker import Broker, create_broker
+from pushgw.mongo import Document, EmbeddedMongo, create_client
+from pushgw.settings import Settings
+
+
+@dataclass(slots=True)
+class Connections:
+    mongo: AsyncMongoClient[Document]
+    broker: Broker
+    embedded: EmbeddedMongo | None = None
+
+    @classmethod
+    async def open(cls, settings: Settings, broker: Broker | None = None) -> Connections:
+        """Start the embedded database if `mongo.uri` is unset, then connect; the broker may come up later."""
+        embedded = None
+        uri = settings.mongo.uri
+        if uri is None:
+            embedded = EmbeddedMongo(settings.mongo)
+            await embedded.start()
+            uri = embedded.uri
+        connections = cls(
+            create_client(uri, settings.mongo.timeout_ms), broker or create_broker(settings.queue), embedded
+        )
+        await connections.broker.start()
+        return connections
+
+    async def close(self) -> None:
+        await self.broker.close()
+        await self.mongo.close()
+        if self.embedded is not None:
+            await self.embedded.stop()

@@ -1,0 +1,205 @@
+"""The configuration tree: one TOML file plus `PUSHGW_…` environment overrides, validated once at startup."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pushgw.errors import PushgwError
+
+IpNetwork = IPv4Network | IPv6Network
+ANY_ADDRESS: list[IpNetwork] = [ip_network("0.0.0.0/0"), ip_network("::/0")]
+
+
+class ConfigError(PushgwError):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MongoSettings(Section):
+    """`uri` unset means the embedded SecantusDB server, data kept under `embedded_path`."""
+
+    uri: str | None = None
+    embedded_path: Path = Path(".pushgw/mongo")
+    embedded_port: int = Field(default=27117, ge=1, le=65535)
+    timeout_ms: int = Field(default=5000, ge=100)
+
+
+class QueueSettings(Section):
+    """`url` is `amqp://…` (RabbitMQ) or `memory://` (in-process, `pushgw dev` only)."""
+
+    url: str = "memory://"
+    prefix: str = Field(default="pushgw", pattern=r"^[A-Za-z0-9_.-]+$")
+    publish_timeout_s: float = Field(default=5.0, gt=0)
+    delivery_limit: int = Field(default=5, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if not url.startswith(("amqp://", "amqps://", "memory://")):
+            raise ValueError("must start with amqp://, amqps:// or memory://")
+        return url
+
+    @property
+    def is_memory(self) -> bool:
+        return self.url.startswith("memory://")
+
+
+class HttpSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1337, ge=0, le=65535)
+    mounts: list[str] = Field(default_factory=lambda: ["/parse", "/1"], min_length=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    cors_allow_origin: str = "*"
+    trusted_proxies: list[IpNetwork] = Field(default_factory=list)
+    request_id_ttl_s: int = Field(default=86_400, ge=60)
+
+    @field_validator("mounts")
+    @classmethod
+    def _mounts_are_paths(cls, mounts: list[str]) -> list[str]:
+        for mount in mounts:
+            if not mount.startswith("/") or mount.endswith("/") or " " in mount:
+                raise ValueError(f"{mount!r} must look like /parse (leading slash, no trailing slash)")
+        return mounts
+
+
+class LogSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class AppSettings(Section):
+    """One Parse app: its keys, who may use the master key, and the database its Parse Server uses."""
+
+    app_id: str = Field(min_length=1)
+    master_key: SecretStr
+    read_only_master_key: SecretStr | None = None
+    rest_api_key: SecretStr | None = None
+    javascript_key: SecretStr | None = None
+    client_key: SecretStr | None = None
+    dotnet_key: SecretStr | None = None
+    master_key_ips: list[IpNetwork] = Field(default_factory=lambda: list(ANY_ADDRESS))
+    mongo_database: str = Field(default="parse", pattern=r"^[^/\\. \"$]+$")
+    collection_prefix: str = ""
+    allow_rest_key_push: bool = False
+    scheduled_push: bool = False
+
+    @field_validator("master_key")
+    @classmethod
+    def _master_key_not_empty(cls, key: SecretStr) -> SecretStr:
+        if not key.get_secret_value():
+            raise ValueError("must not be empty")
+        return key
+
+    @property
+    def client_keys(self) -> dict[str, SecretStr]:
+        """The configured non-master keys by name (Parse: clientKey, javascriptKey, dotNetKey, restAPIKey)."""
+        keys = {
+            "client_key": self.client_key,
+            "javascript_key": self.javascript_key,
+            "dotnet_key": self.dotnet_key,
+            "rest_api_key": self.rest_api_key,
+        }
+        return {name: key for name, key in keys.items() if key is not None and key.get_secret_value()}
+
+
+class Settings(BaseSettings):
+    """Everything pushgw reads at startup. Env: `PUSHGW_HTTP__PORT=8080`, `PUSHGW_APPS='[{…}]'`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PUSHGW_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        nested_model_default_partial_update=True,
+    )
+
+    mongo: MongoSettings = MongoSettings()
+    queue: QueueSettings = QueueSettings()
+    http: HttpSettings = HttpSettings()
+    log: LogSettings = LogSettings()
+    apps: list[AppSettings] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init values; the environment must override it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _apps_are_distinct(self) -> Settings:
+        seen_ids: set[str] = set()
+        seen_stores: set[tuple[str, str]] = set()
+        for index, app in enumerate(self.apps):
+            if app.app_id in seen_ids:
+                raise ValueError(f"apps[{index}].app_id {app.app_id!r} is configured twice")
+            store = (app.mongo_database, app.collection_prefix)
+            if store in seen_stores:
+                raise ValueError(f"apps[{index}].mongo_database {app.mongo_database!r} is used by two apps")
+            seen_ids.add(app.app_id)
+            seen_stores.add(store)
+        return self
+
+    def app(self, app_id: str) -> AppSettings | None:
+        return next((app for app in self.apps if app.app_id == app_id), None)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict with every secret shown as `**********` (for logs and `pushgw doctor`)."""
+        return self.model_dump(mode="json")
+
+
+def load_settings(config_path: str | Path | None = None) -> Settings:
+    """Read the TOML file (`--config`, else `$PUSHGW_CONFIG`) and the environment, or raise ConfigError."""
+    path = config_path or os.environ.get("PUSHGW_CONFIG")
+    values: dict[str, Any] = {}
+    if path:
+        values = _read_toml(Path(path))
+    try:
+        return Settings(**values)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, path)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def _describe(error: ValidationError, path: str | Path | None) -> str:
+    source = f" in {path}" if path else ""
+    lines = [f"invalid configuration{source} (or PUSHGW_ environment):"]
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)

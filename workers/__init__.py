@@ -1,0 +1,1 @@
+"""The worker fleet: planning, sending and accounting of accepted pushes."""
