@@ -1,0 +1,1 @@
+"""pushgw test suite."""

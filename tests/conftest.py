@@ -1,0 +1,9 @@
+"""Registers the fixture modules: real SecantusDB, real RabbitMQ, the real intake under uvicorn."""
+
+pytest_plugins = [
+    "tests.fixtures.mongo",
+    "tests.fixtures.rabbit",
+    "tests.fixtures.gateway",
+    "tests.fixtures.tcp_proxy",
+    "tests.fixtures.processes",
+]
