@@ -5,11 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 from pamqp.commands import Basic
 
 from pushgw.errors import PushgwError
@@ -19,7 +26,8 @@ from pushgw.settings import QueueSettings
 log = get_logger(__name__)
 
 PLAN = "plan"
-WORK_QUEUES = (PLAN,)
+SEND = "send"
+WORK_QUEUES = (PLAN, SEND)
 
 
 class PublishError(PushgwError):
@@ -32,6 +40,7 @@ class Topology:
 
     prefix: str
     delivery_limit: int
+    delay_tiers_s: tuple[int, ...] = (5,)
 
     @property
     def work_exchange(self) -> str:
@@ -44,6 +53,24 @@ class Topology:
     @property
     def dead_queue(self) -> str:
         return f"{self.prefix}.dead"
+
+    @property
+    def delay_exchange(self) -> str:
+        return f"{self.prefix}.delay"
+
+    def delay_queue(self, tier_s: int) -> str:
+        return f"{self.prefix}.delay.{tier_s}s"
+
+    def delay_queue_arguments(self, tier_s: int) -> dict[str, Any]:
+        """A holding queue: messages expire after the tier and dead-letter back to the send queue."""
+        return {
+            "x-queue-type": "quorum",
+            "x-message-ttl": tier_s * 1000,
+            "x-dead-letter-exchange": self.work_exchange,
+            "x-dead-letter-routing-key": SEND,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
 
     def queue(self, route: str) -> str:
         return f"{self.prefix}.{route}"
@@ -59,6 +86,28 @@ class Topology:
         }
 
 
+class Delivery(Protocol):
+    """One received message; exactly one of ack/requeue/dead_letter settles it."""
+
+    body: bytes
+    redelivered: bool
+
+    async def ack(self) -> None: ...
+
+    async def requeue(self) -> None: ...
+
+    async def dead_letter(self) -> None: ...
+
+
+Handler = Callable[[Delivery], Coroutine[Any, Any, None]]
+
+
+class Consumer(Protocol):
+    async def cancel(self) -> None:
+        """Stop receiving; deliveries already handed out stay with their handlers."""
+        ...
+
+
 class Broker(Protocol):
     async def start(self) -> None: ...
 
@@ -66,26 +115,33 @@ class Broker(Protocol):
         """Return only once the broker has confirmed the persistent message; raise PublishError otherwise."""
         ...
 
+    async def publish_delayed(self, delay_s: int, body: bytes, *, message_id: str) -> None:
+        """Publish to the send queue after `delay_s` (one of the configured tiers), confirmed."""
+        ...
+
+    async def consume(self, route: str, handler: Handler, *, prefetch: int) -> Consumer: ...
+
     async def is_ready(self) -> bool: ...
 
     async def close(self) -> None: ...
 
 
-def create_broker(settings: QueueSettings) -> Broker:
+def create_broker(settings: QueueSettings, delay_tiers_s: Sequence[int] = (5,)) -> Broker:
     if settings.is_memory:
         return MemoryBroker()
-    return RabbitBroker(settings)
+    return RabbitBroker(settings, delay_tiers_s)
 
 
 class RabbitBroker:
     """RabbitMQ over one robust connection; topology declared idempotently on every (re)connect."""
 
-    def __init__(self, settings: QueueSettings) -> None:
+    def __init__(self, settings: QueueSettings, delay_tiers_s: Sequence[int] = (5,)) -> None:
         self._settings = settings
-        self.topology = Topology(settings.prefix, settings.delivery_limit)
+        self.topology = Topology(settings.prefix, settings.delivery_limit, tuple(delay_tiers_s))
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._delay_exchange: AbstractExchange | None = None
         self._connector: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -113,14 +169,23 @@ class RabbitBroker:
         try:
             channel = await connection.channel(publisher_confirms=True)
             exchange = await declare_topology(channel, self.topology)
+            delay_exchange = await channel.get_exchange(self.topology.delay_exchange)
         except BaseException:
             await connection.close()
             raise
         self._connection, self._channel, self._exchange = connection, channel, exchange
+        self._delay_exchange = delay_exchange
         log.info("broker_connected", prefix=self.topology.prefix)
 
     async def publish(self, route: str, body: bytes, *, message_id: str) -> None:
-        exchange = self._exchange
+        await self._publish(self._exchange, route, body, message_id)
+
+    async def publish_delayed(self, delay_s: int, body: bytes, *, message_id: str) -> None:
+        await self._publish(self._delay_exchange, str(delay_s), body, message_id)
+
+    async def _publish(
+        self, exchange: AbstractExchange | None, route: str, body: bytes, message_id: str
+    ) -> None:
         if exchange is None:
             raise PublishError("not connected to the broker")
         message = aio_pika.Message(
@@ -136,7 +201,21 @@ class RabbitBroker:
         except (TimeoutError, aio_pika.exceptions.AMQPError, OSError, RuntimeError) as error:
             raise PublishError(f"{type(error).__name__}: {error}") from error
         if not isinstance(confirmation, Basic.Ack):
-            raise PublishError(f"broker did not confirm: {type(confirmation).__name__}")
+            raise PublishError(f"broker did not confirm {exchange.name} {route!r}: {type(confirmation).__name__}")
+
+    async def consume(self, route: str, handler: Handler, *, prefetch: int) -> Consumer:
+        """Consume on a channel of its own; the robust connection restores it after a reconnect."""
+        if self._connection is None:
+            raise PublishError("not connected to the broker")
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.get_queue(self.topology.queue(route), ensure=False)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await handler(_RabbitDelivery(message))
+
+        tag = await queue.consume(on_message)
+        return _RabbitConsumer(channel, queue, tag)
 
     async def is_ready(self) -> bool:
         channel, connection = self._channel, self._connection
@@ -154,7 +233,47 @@ class RabbitBroker:
                 await self._connector
         if self._connection is not None:
             await self._connection.close()
-        self._connection = self._channel = self._exchange = None
+        self._connection = self._channel = self._exchange = self._delay_exchange = None
+
+
+class _RabbitDelivery:
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        self._message = message
+        self.body = message.body
+        self.redelivered = bool(message.redelivered)
+
+    async def ack(self) -> None:
+        await self._settle(self._message.ack())
+
+    async def requeue(self) -> None:
+        await self._settle(self._message.nack(requeue=True))
+
+    async def dead_letter(self) -> None:
+        await self._settle(self._message.reject(requeue=False))
+
+    async def _settle(self, settle: Awaitable[None]) -> None:
+        try:
+            await settle
+        except (
+            aio_pika.exceptions.ChannelInvalidStateError,
+            aio_pika.exceptions.AMQPError,
+            RuntimeError,
+        ) as error:
+            # The channel was replaced by a reconnect: the broker redelivers this message; work is idempotent.
+            log.warning("delivery_settle_failed", error=str(error))
+
+
+class _RabbitConsumer:
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, tag: str) -> None:
+        self._channel, self._queue, self._tag = channel, queue, tag
+
+    async def cancel(self) -> None:
+        with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError):
+            await self._queue.cancel(self._tag)
+
+    async def close(self) -> None:
+        with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError):
+            await self._channel.close()
 
 
 async def declare_topology(channel: AbstractChannel, topology: Topology) -> AbstractExchange:
@@ -170,6 +289,14 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> Abst
             topology.queue(route), durable=True, arguments=topology.work_queue_arguments()
         )
         await queue.bind(work, routing_key=route)
+    delay = await channel.declare_exchange(
+        topology.delay_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    for tier_s in topology.delay_tiers_s:
+        held = await channel.declare_queue(
+            topology.delay_queue(tier_s), durable=True, arguments=topology.delay_queue_arguments(tier_s)
+        )
+        await held.bind(delay, routing_key=str(tier_s))
     return work
 
 
@@ -177,16 +304,70 @@ class MemoryBroker:
     """`memory://`: in-process queues with the same interface; messages live as long as the process."""
 
     def __init__(self) -> None:
-        self.queues: defaultdict[str, asyncio.Queue[tuple[str, bytes]]] = defaultdict(asyncio.Queue)
+        self.queues: defaultdict[str, asyncio.Queue[_MemoryDelivery]] = defaultdict(asyncio.Queue)
+        self.dead: list[bytes] = []
+        self._timers: set[asyncio.TimerHandle] = set()
 
     async def start(self) -> None:
         return None
 
     async def publish(self, route: str, body: bytes, *, message_id: str) -> None:
-        self.queues[route].put_nowait((message_id, body))
+        self.queues[route].put_nowait(_MemoryDelivery(self, route, body))
+
+    async def publish_delayed(self, delay_s: int, body: bytes, *, message_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(
+            delay_s, lambda: self.queues[SEND].put_nowait(_MemoryDelivery(self, SEND, body))
+        )
+        self._timers.add(handle)
+
+    async def consume(self, route: str, handler: Handler, *, prefetch: int) -> Consumer:
+        return _MemoryConsumer(self.queues[route], handler, prefetch)
 
     async def is_ready(self) -> bool:
         return True
 
     async def close(self) -> None:
+        for handle in self._timers:
+            handle.cancel()
+
+
+class _MemoryDelivery:
+    def __init__(self, broker: MemoryBroker, route: str, body: bytes, redelivered: bool = False) -> None:
+        self._broker, self._route = broker, route
+        self.body, self.redelivered = body, redelivered
+
+    async def ack(self) -> None:
         return None
+
+    async def requeue(self) -> None:
+        self._broker.queues[self._route].put_nowait(
+            _MemoryDelivery(self._broker, self._route, self.body, True)
+        )
+
+    async def dead_letter(self) -> None:
+        self._broker.dead.append(self.body)
+
+
+class _MemoryConsumer:
+    def __init__(self, queue: asyncio.Queue[_MemoryDelivery], handler: Handler, prefetch: int) -> None:
+        self._slots = asyncio.Semaphore(prefetch)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pump = asyncio.create_task(self._run(queue, handler))
+
+    async def _run(self, queue: asyncio.Queue[_MemoryDelivery], handler: Handler) -> None:
+        while True:
+            await self._slots.acquire()
+            delivery = await queue.get()
+            task = asyncio.create_task(handler(delivery))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def cancel(self) -> None:
+        self._pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pump

@@ -16,10 +16,15 @@ import uvloop
 from pydantic import SecretStr
 
 from pushgw.app import build_app
+from pushgw.clock import SystemClock
 from pushgw.connections import Connections
 from pushgw.errors import PushgwError
 from pushgw.logs import configure_logging, get_logger
+from pushgw.mongo import app_database
 from pushgw.settings import AppSettings, ConfigError, QueueSettings, Settings, load_settings
+from workers.providers.provider import build_providers
+from workers.providers.recording import RecordingProvider
+from workers.worker import run_worker_until
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -85,17 +90,58 @@ async def _serve_dev(settings: Settings) -> int:
     except PushgwError as error:
         print(f"pushgw dev: {error}", file=sys.stderr)
         return 1
+    clock = SystemClock()
+    providers = build_providers(settings, _recorder(settings, connections, clock))
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker_until(settings, connections, providers, clock, stop))
     try:
-        server = _server(settings, build_app(settings, connections=connections), banner=True)
+        server = _server(settings, build_app(settings, connections=connections, clock=clock), banner=True)
         await server.serve()
     finally:
+        stop.set()
+        await worker
         await connections.close()
     return 0
 
 
 def run_worker(settings: Settings, _: argparse.Namespace) -> int:
-    print("pushgw worker: the delivery fleet is not built yet (issue #3); nothing to run.", file=sys.stderr)
-    return 2
+    if settings.queue.is_memory:
+        raise ConfigError(
+            "queue.url is memory://, which only works inside `pushgw dev`; set queue.url = amqp://…"
+        )
+    if not settings.apps:
+        raise ConfigError("apps: no [[apps]] configured; add one with app_id and master_key")
+    return _run(_run_worker(settings))
+
+
+async def _run_worker(settings: Settings) -> int:
+    stop = _stop_on_signals()
+    connections = await Connections.open(settings)
+    try:
+        clock = SystemClock()
+        providers = build_providers(settings, _recorder(settings, connections, clock))
+        await run_worker_until(settings, connections, providers, clock, stop)
+    finally:
+        await connections.close()
+    return 0
+
+
+def _recorder(settings: Settings, connections: Connections, clock: SystemClock) -> RecordingProvider | None:
+    if not settings.recording.transports:
+        return None
+    databases = None
+    if settings.recording.store == "mongo":
+        databases = {app.app_id: app_database(connections.mongo, app) for app in settings.apps}
+    return RecordingProvider(clock, fail_tokens=settings.recording.fail_tokens, databases=databases)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT: the process drains and exits 0."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
 
 
 def run_ppns(settings: Settings, _: argparse.Namespace) -> int:

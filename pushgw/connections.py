@@ -26,9 +26,8 @@ class Connections:
             embedded = EmbeddedMongo(settings.mongo)
             await embedded.start()
             uri = embedded.uri
-        connections = cls(
-            create_client(uri, settings.mongo.timeout_ms), broker or create_broker(settings.queue), embedded
-        )
+        broker = broker or create_broker(settings.queue, settings.worker.delay_tiers_s)
+        connections = cls(create_client(uri, settings.mongo.timeout_ms), broker, embedded)
         await connections.broker.start()
         return connections
 

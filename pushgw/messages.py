@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -29,6 +29,7 @@ class PlanPush(WorkItem):
 
     `where` and `data` are the Parse JSON values as received (credentials stripped); `options` holds the
     other top-level body keys (`notification`, `rawPayload`, `priority`, `push_type`, `collapse_id`, …).
+    A local-time push is planned once per UTC offset: `utc_offset_min` and `time_zones` name the group.
     """
 
     kind: Literal["plan_push"] = "plan_push"
@@ -42,3 +43,54 @@ class PlanPush(WorkItem):
     expiration_interval_s: float | None = None
     options: dict[str, Any] = {}
     accepted_at: datetime
+    utc_offset_min: int | None = None
+    time_zones: list[str] | None = None
+
+
+class Device(BaseModel):
+    """One resolved installation, with everything a sender needs (senders never query MongoDB)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    object_id: str
+    device_type: str
+    transport: str
+    installation_id: str | None = None
+    device_token: str | None = None
+    push_type: str | None = None
+    badge: int | float | None = None
+    locale: str | None = None
+    app_identifier: str | None = None
+    time_zone: str | None = None
+    updated_at: datetime | None = None
+
+
+class SendBatch(WorkItem):
+    """A slice of one push's audience: `unit` names it for idempotent accounting (`b<index>`, `b<i>r<n>`)."""
+
+    kind: Literal["send_batch"] = "send_batch"
+    unit: str
+    attempt: int = 1
+    first_id: str
+    last_id: str
+    devices: list[Device]
+    data: Any = None
+    options: dict[str, Any] = {}
+    expiry_ms: float | None = None
+    utc_offset_min: int | None = None
+    accepted_at: datetime | None = None
+
+
+AnyWorkItem = Annotated[PlanPush | SendBatch, Field(discriminator="kind")]
+_ADAPTER: TypeAdapter[PlanPush | SendBatch] = TypeAdapter(AnyWorkItem)
+
+
+class UnknownWorkItem(ValueError):
+    """A message this worker cannot read (other kind or version, or not JSON): it is dead-lettered."""
+
+
+def parse_work_item(body: bytes) -> PlanPush | SendBatch:
+    try:
+        return _ADAPTER.validate_json(body)
+    except ValidationError as error:
+        raise UnknownWorkItem(str(error)[:500]) from None

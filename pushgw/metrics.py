@@ -19,3 +19,32 @@ ORPHANS_FAILED = Counter(
     "pushgw_intake_unqueued_pushes_total",
     "Pushes whose _PushStatus was written but whose work item could not be queued (marked failed).",
 )
+
+PLANNED_DEVICES = Counter(
+    "pushgw_planned_devices_total", "Installations cut into send batches, by transport.", ["transport"]
+)
+SKIPPED_DEVICES = Counter(
+    "pushgw_skipped_devices_total",
+    "Selected installations not counted because their token transport has no token (Parse skips them too).",
+    ["device_type"],
+)
+BATCHES = Counter("pushgw_batches_total", "Send units processed, by outcome.", ["outcome"])
+DEVICES = Counter(
+    "pushgw_devices_total", "Device outcomes by outcome (sent/failed/deferred), transport and reason.",
+    ["outcome", "transport", "reason"],
+)  # fmt: skip
+BATCH_SECONDS = Histogram(
+    "pushgw_batch_seconds",
+    "Time to process one send unit.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+QUEUE_LAG_SECONDS = Histogram(
+    "pushgw_queue_lag_seconds",
+    "Time from a push's acceptance to the start of one of its units, by queue.",
+    ["queue"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+PUSHES_FINISHED = Counter("pushgw_pushes_finished_total", "Pushes that reached a final status.", ["status"])
+DEAD_LETTERS = Counter(
+    "pushgw_dead_letters_total", "Work items that reached the dead-letter queue.", ["kind"]
+)

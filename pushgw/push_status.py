@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import secrets
 import string
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from pushgw import parse_quirks
-from pushgw.clock import iso_millis, to_millis
+from pushgw.clock import Clock, iso_millis, to_millis
 from pushgw.mongo import Document
 from pushgw.push import Push
 
 COLLECTION = "_PushStatus"
+OWN = "pushgw"  # our bookkeeping inside _PushStatus; Parse readers show it as an ordinary object field
+TERMINAL = ("succeeded", "failed")
 _OBJECT_ID_ALPHABET = string.ascii_letters + string.digits
 
 
@@ -46,7 +49,120 @@ def new_status_document(push_id: str, push: Push, *, now: datetime, scheduled: b
     document["_acl"] = {}
     document["_created_at"] = created
     document["_updated_at"] = created
+    if push.options:
+        document[OWN] = {"options": push.options}  # needed to rebuild the plan for scheduled pushes
     return document
+
+
+class StatusStore:
+    """Progress and accounting on one app's `_PushStatus`: leases, checkpoints, idempotent unit records."""
+
+    def __init__(self, collection: AsyncCollection[Document], clock: Clock) -> None:
+        self.collection = collection
+        self._clock = clock
+
+    async def claim_plan(self, push_id: str, key: str, owner: str, lease_s: float) -> Document | None:
+        """Take the planning lease of one plan (`all`, or one UTC offset group); None if it is not ours."""
+        now = self._clock.now()
+        lease = f"{OWN}.plans.{key}.lease_until"
+        return await self.collection.find_one_and_update(
+            {
+                "_id": push_id,
+                "status": {"$in": ["pending", "running"]},
+                f"{OWN}.plans.{key}.done": {"$ne": True},
+                "$or": [{lease: {"$exists": False}}, {lease: {"$lt": now}}],
+            },
+            {
+                "$set": {
+                    "status": "running",
+                    f"{OWN}.plans.{key}.owner": owner,
+                    lease: now + timedelta(seconds=lease_s),
+                    f"{OWN}.progress_at": now,
+                },
+                "$max": {f"{OWN}.plans_expected": 1},
+                "$inc": {f"{OWN}.devices_done": 0, f"{OWN}.audience": 0, f"{OWN}.plans_done": 0},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def checkpoint_plan(
+        self, push_id: str, key: str, owner: str, cursor: Document, lease_s: float
+    ) -> bool:
+        """Record how far planning got and renew the lease; False when the lease was lost."""
+        now = self._clock.now()
+        prefix = f"{OWN}.plans.{key}"
+        fields = {f"{prefix}.{name}": value for name, value in cursor.items()}
+        result = await self.collection.update_one(
+            {"_id": push_id, f"{prefix}.owner": owner, "status": "running"},
+            {
+                "$set": {
+                    **fields,
+                    f"{prefix}.lease_until": now + timedelta(seconds=lease_s),
+                    f"{OWN}.progress_at": now,
+                }
+            },
+        )
+        return result.matched_count == 1
+
+    async def finish_plan(self, push_id: str, key: str, owner: str, devices: int) -> bool:
+        """Mark a plan complete and add its audience; applied once."""
+        prefix = f"{OWN}.plans.{key}"
+        result = await self.collection.update_one(
+            {"_id": push_id, f"{prefix}.owner": owner, f"{prefix}.done": {"$ne": True}, "status": "running"},
+            {
+                "$set": {f"{prefix}.done": True, f"{OWN}.progress_at": self._clock.now()},
+                "$inc": {f"{OWN}.audience": devices, f"{OWN}.plans_done": 1},
+            },
+        )
+        return result.modified_count == 1
+
+    async def record_unit(self, push_id: str, unit: str, increments: dict[str, Any], devices: int) -> bool:
+        """Add one work unit's terminal outcomes; a unit already recorded (a redelivery) changes nothing."""
+        result = await self.collection.update_one(
+            {"_id": push_id, "status": "running", f"{OWN}.units.{unit}": {"$exists": False}},
+            {
+                "$inc": {**increments, f"{OWN}.devices_done": devices},
+                "$set": {f"{OWN}.units.{unit}": True, f"{OWN}.progress_at": self._clock.now()},
+            },
+        )
+        return result.modified_count == 1
+
+    async def try_finalize(self, push_id: str) -> bool:
+        """`succeeded` once every plan is done and every planned device is counted; one caller wins."""
+        document = await self.collection.find_one({"_id": push_id}, {"status": 1, OWN: 1})
+        if document is None or document.get("status") != "running":
+            return False
+        own = document.get(OWN, {})
+        done, audience, accounted = (
+            own.get("plans_done", 0),
+            own.get("audience", 0),
+            own.get("devices_done", 0),
+        )
+        if done < own.get("plans_expected", 1) or accounted != audience:
+            return False
+        result = await self.collection.update_one(
+            {
+                "_id": push_id,
+                "status": "running",
+                f"{OWN}.plans_done": done,
+                f"{OWN}.audience": audience,
+                f"{OWN}.devices_done": accounted,
+            },
+            {"$set": {"status": "succeeded"}, "$unset": {f"{OWN}.units": "", "count": ""}},
+        )
+        return result.modified_count == 1
+
+    async def fail(self, push_id: str, code: int, message: str) -> bool:
+        return await fail_push(self.collection, push_id, code, message)
+
+
+async def fail_push(collection: AsyncCollection[Document], push_id: str, code: int, message: str) -> bool:
+    """End a push `failed` with Parse's `errorMessage` shape; never touches a terminal push."""
+    result = await collection.update_one(
+        {"_id": push_id, "status": {"$nin": list(TERMINAL)}},
+        {"$set": {"status": "failed", "errorMessage": {"code": code, "message": message}}},
+    )
+    return result.modified_count == 1
 
 
 async def fail_unstarted(

@@ -80,6 +80,45 @@ class HttpSettings(Section):
         return mounts
 
 
+class WorkerSettings(Section):
+    """The fleet: batch sizes, concurrency, retries, drain and the background loops' timing."""
+
+    batch_size: int = Field(default=500, ge=1, le=5000)
+    prefetch: int = Field(default=4, ge=1)
+    send_concurrency: int = Field(default=64, ge=1)
+    progress_chunk: int = Field(default=100, ge=1)
+    progress_interval_s: float = Field(default=1.0, ge=0)
+    max_attempts: int = Field(default=5, ge=1)
+    delay_tiers_s: list[int] = Field(default_factory=lambda: [5, 30, 120, 600, 1800], min_length=1)
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    requeue_delay_s: float = Field(default=1.0, ge=0)
+    badge_device_types: list[str] | None = None
+    scheduler_interval_s: float = Field(default=5.0, gt=0)
+    watchdog_interval_s: float = Field(default=30.0, gt=0)
+    planner_lease_s: float = Field(default=60.0, gt=0)
+    stale_pending_s: float = Field(default=3600.0, gt=0)
+    stalled_running_s: float = Field(default=7200.0, gt=0)
+    dead_letter_grace_s: float = Field(default=600.0, ge=0)
+
+    @field_validator("delay_tiers_s")
+    @classmethod
+    def _tiers_ascending(cls, tiers: list[int]) -> list[int]:
+        if sorted(set(tiers)) != tiers or tiers[0] <= 0:
+            raise ValueError("must be positive, ascending and without repeats")
+        return tiers
+
+
+class RecordingSettings(Section):
+    """The recording provider: accepts deliveries for the listed transports and stores what it got.
+
+    For tests, benchmarks and `pushgw dev` without real credentials; never for production.
+    """
+
+    transports: list[Literal["apns", "fcm", "ppns"]] = Field(default_factory=list)
+    store: Literal["memory", "mongo"] = "memory"
+    fail_tokens: dict[str, str] = Field(default_factory=dict)
+
+
 class LogSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -135,6 +174,8 @@ class Settings(BaseSettings):
     queue: QueueSettings = QueueSettings()
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
+    worker: WorkerSettings = WorkerSettings()
+    recording: RecordingSettings = RecordingSettings()
     apps: list[AppSettings] = Field(default_factory=list)
 
     @classmethod

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.tcp_proxy",
     "tests.fixtures.processes",
+    "tests.fixtures.fleet",
 ]

@@ -1,0 +1,205 @@
+"""Intake → RabbitMQ → worker → recording provider → `_PushStatus`, on real SecantusDB and RabbitMQ."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pushgw.settings import Settings
+from tests.fixtures.fleet import RunningWorker
+from tests.fixtures.gateway import RunningGateway, SettingsFactory, app_config
+from tests.fixtures.parse_data import installation, seed_schema, user
+from tests.fixtures.waiting import until
+
+MASTER = {"X-Parse-Application-Id": "app1", "X-Parse-Master-Key": "master1", "Content-Type": "application/json"}
+FLEET = {"batch_size": 3, "delay_tiers_s": [1, 2], "requeue_delay_s": 0.1, "scheduler_interval_s": 0.2}
+RECORD_ALL = {"transports": ["apns", "fcm", "ppns"]}
+
+
+def send(gateway: RunningGateway, body: dict[str, Any]) -> str:
+    response = gateway.client().post("/parse/push", content=json.dumps(body), headers=MASTER)
+    assert response.status_code == 200, response.text
+    push_id: str = response.headers["x-parse-push-status-id"]
+    return push_id
+
+
+def final_status(mongo: Any, db_name: str, push_id: str, timeout_s: float = 30) -> dict[str, Any]:
+    def final() -> dict[str, Any] | None:
+        row: dict[str, Any] | None = mongo[db_name]["_PushStatus"].find_one({"_id": push_id})
+        return row if row and row["status"] in ("succeeded", "failed") else None
+
+    return until(final, timeout_s=timeout_s, what=f"push {push_id} to finish")
+
+
+@pytest.fixture
+def fleet(
+    make_settings: SettingsFactory,
+    gateway_factory: Callable[[Settings], RunningGateway],
+    worker_factory: Callable[..., RunningWorker],
+) -> Callable[..., tuple[RunningGateway, RunningWorker, Settings]]:
+    def start(apps: list[dict[str, Any]] | None = None, **sections: Any) -> tuple[RunningGateway, RunningWorker, Settings]:
+        sections.setdefault("worker", FLEET)
+        sections.setdefault("recording", RECORD_ALL)
+        settings = make_settings(apps, **sections)
+        return gateway_factory(settings), worker_factory(settings), settings
+
+    return start
+
+
+def test_channels_push_reaches_every_transport_and_counts_exactly(fleet: Any, mongo: Any, db_name: str) -> None:
+    database = mongo[db_name]
+    seed_schema(database)
+    devices = [
+        installation("ios"), installation("ios"), installation("osx"), installation("android"),
+        installation("fcm"), installation("embedded"), installation("android", pushType="ppns"),
+        installation("web", deviceToken="sub"), installation("winrt", deviceToken="uri"),
+        installation("android", deviceToken=None), installation("ios", channels=["other"]),
+    ]  # fmt: skip
+    database["_Installation"].insert_many(devices)
+    gateway, worker, _ = fleet()
+    push_id = send(gateway, {"channels": ["news"], "data": {"alert": "hi"}})
+    row = final_status(mongo, db_name, push_id)
+    assert row["status"] == "succeeded"
+    assert (row["numSent"], row["numFailed"]) == (7, 2)
+    assert row["sentPerType"] == {"ios": 2, "osx": 1, "android": 2, "fcm": 1, "embedded": 1}
+    assert row["failedPerType"] == {"web": 1, "winrt": 1}
+    assert row["failedPerReason"] == {"unsupported": 2}
+    delivered = worker.delivered(push_id)
+    assert sorted(delivered) == sorted(d["_id"] for d in devices[:7])
+    assert len(delivered) == len(set(delivered))
+    assert "units" not in row["pushgw"]
+
+
+def test_provider_not_configured_is_counted_failed(fleet: Any, mongo: Any, db_name: str) -> None:
+    database = mongo[db_name]
+    database["_Installation"].insert_many([installation("ios"), installation("android")])
+    gateway, _, _ = fleet(recording={"transports": ["apns"]})
+    row = final_status(mongo, db_name, send(gateway, {"where": {}, "data": {"alert": "x"}}))
+    assert (row["status"], row["numSent"], row["numFailed"]) == ("succeeded", 1, 1)
+    assert row["failedPerReason"] == {"provider-not-configured": 1}
+
+
+def test_empty_audience_succeeds_with_nothing_sent(fleet: Any, mongo: Any, db_name: str) -> None:
+    gateway, _, _ = fleet()
+    row = final_status(mongo, db_name, send(gateway, {"channels": [], "data": {"alert": "x"}}))
+    assert (row["status"], row["numSent"]) == ("succeeded", 0)
+    assert "numFailed" not in row
+
+
+def test_unknown_operator_fails_the_push_with_107(fleet: Any, mongo: Any, db_name: str) -> None:
+    gateway, worker, _ = fleet()
+    row = final_status(mongo, db_name, send(gateway, {"where": {"deviceType": {"$foo": 1}}}))
+    assert row["status"] == "failed"
+    assert row["errorMessage"] == {"code": 107, "message": "bad constraint: $foo"}
+    bad_in = final_status(mongo, db_name, send(gateway, {"channels": "news"}))
+    assert (bad_in["status"], bad_in["errorMessage"]["code"]) == ("failed", 107)
+
+
+def test_pointer_and_in_query_audiences(fleet: Any, mongo: Any, db_name: str) -> None:
+    database = mongo[db_name]
+    seed_schema(database)
+    alice, bob = user("alice"), user("bob")
+    database["_User"].insert_many([alice, bob])
+    to_alice, to_bob = installation("ios", user=alice["_id"]), installation("android", user=bob["_id"])
+    database["_Installation"].insert_many([to_alice, to_bob, installation("ios")])
+    gateway, worker, _ = fleet()
+    pointer = {"user": {"__type": "Pointer", "className": "_User", "objectId": alice["_id"]}}
+    first = send(gateway, {"where": pointer, "data": {"alert": "a"}})
+    second = send(gateway, {"where": {"user": {"$inQuery": {"className": "_User", "where": {"username": "bob"}}}}})
+    assert final_status(mongo, db_name, first)["numSent"] == 1
+    assert final_status(mongo, db_name, second)["numSent"] == 1
+    assert worker.delivered(first) == [to_alice["_id"]]
+    assert worker.delivered(second) == [to_bob["_id"]]
+
+
+def test_badge_increment_gives_each_device_its_own_value_once(fleet: Any, mongo: Any, db_name: str) -> None:
+    database = mongo[db_name]
+    devices = [installation("ios", badge=3), installation("ios"), installation("android", badge=1), installation("embedded")]
+    database["_Installation"].insert_many(devices)
+    gateway, worker, _ = fleet()
+    push_id = send(gateway, {"where": {}, "data": {"alert": "hi", "badge": "Increment"}})
+    assert final_status(mongo, db_name, push_id)["numSent"] == 4
+    badges = {d["_id"]: d.get("badge") for d in database["_Installation"].find()}
+    assert badges == {devices[0]["_id"]: 4, devices[1]["_id"]: 1, devices[2]["_id"]: 2, devices[3]["_id"]: None}
+    sent = {n.device.object_id: n.data for pid, n, _ in worker.recorder.deliveries if pid == push_id}
+    assert sent[devices[0]["_id"]]["badge"] == 4 and sent[devices[1]["_id"]]["badge"] == 1
+    assert "badge" not in sent[devices[3]["_id"]]  # no token, no badge: "Increment" is not a value
+    amount = send(gateway, {"where": {"deviceType": "ios"}, "data": {"badge": {"__op": "Increment", "amount": 5}}})
+    final_status(mongo, db_name, amount)
+    assert database["_Installation"].find_one({"_id": devices[0]["_id"]})["badge"] == 9
+
+
+def test_invalid_badge_types_fail_the_push_like_parse(fleet: Any, mongo: Any, db_name: str) -> None:
+    mongo[db_name]["_Installation"].insert_one(installation("ios"))
+    gateway, _, _ = fleet()
+    row = final_status(mongo, db_name, send(gateway, {"where": {}, "data": {"badge": "5"}}))
+    assert (row["status"], row["errorMessage"]["code"]) == ("failed", 111)
+    row = final_status(mongo, db_name, send(gateway, {"where": {}, "data": {"badge": {"__op": "Increment", "amount": "3"}}}))
+    assert row["errorMessage"] == {"code": 107, "message": "incrementing must provide a number"}
+
+
+def test_localized_alerts_by_locale_prefix(fleet: Any, mongo: Any, db_name: str) -> None:
+    devices = [installation("ios", localeIdentifier="fr-CA"), installation("android", localeIdentifier="fr-FR"),
+               installation("ios", localeIdentifier="en-US"), installation("ios")]  # fmt: skip
+    mongo[db_name]["_Installation"].insert_many(devices)
+    gateway, worker, _ = fleet()
+    push_id = send(gateway, {"where": {}, "data": {"alert": "Hello", "alert-fr": "Bonjour", "title-fr": "Titre"}})
+    final_status(mongo, db_name, push_id)
+    sent = {n.device.object_id: n.data for pid, n, _ in worker.recorder.deliveries if pid == push_id}
+    assert sent[devices[0]["_id"]] == {"alert": "Bonjour", "title": "Titre"}
+    assert sent[devices[1]["_id"]] == {"alert": "Bonjour", "title": "Titre"}
+    assert sent[devices[2]["_id"]] == {"alert": "Hello"}
+    assert sent[devices[3]["_id"]] == {"alert": "Hello"}
+
+
+def test_expired_push_is_counted_failed_not_sent(fleet: Any, mongo: Any, db_name: str) -> None:
+    mongo[db_name]["_Installation"].insert_many([installation("ios"), installation("android")])
+    gateway, worker, _ = fleet()
+    push_id = send(gateway, {"where": {}, "data": {"alert": "late"}, "expiration_time": 1000000000})
+    row = final_status(mongo, db_name, push_id)
+    assert (row["numSent"], row["numFailed"], row["failedPerReason"]) == (0, 2, {"expired": 2})
+    assert worker.delivered(push_id) == []
+
+
+def test_transient_failures_are_retried_then_given_up(fleet: Any, mongo: Any, db_name: str) -> None:
+    flaky, good = installation("ios", deviceToken="flaky-1"), installation("ios")
+    mongo[db_name]["_Installation"].insert_many([flaky, good])
+    recording = {**RECORD_ALL, "fail_tokens": {"flaky-": "deferred:ServiceUnavailable:1"}}
+    gateway, worker, _ = fleet(recording=recording, worker={**FLEET, "max_attempts": 3})
+    push_id = send(gateway, {"where": {}, "data": {"alert": "x"}})
+    row = final_status(mongo, db_name, push_id, timeout_s=60)
+    assert (row["status"], row["numSent"], row["numFailed"]) == ("succeeded", 1, 1)
+    assert row["failedPerReason"] == {"retries-exhausted": 1}
+    assert worker.delivered(push_id) == [good["_id"]]
+
+
+def test_ten_thousand_installations_shared_by_two_workers_count_exactly(
+    make_settings: SettingsFactory, gateway_factory: Callable[[Settings], RunningGateway],
+    worker_factory: Callable[..., RunningWorker], mongo: Any, db_name: str,
+) -> None:  # fmt: skip
+    devices = [installation("ios" if n % 3 else "android") for n in range(10_000)]
+    mongo[db_name]["_Installation"].insert_many(devices)
+    settings = make_settings(worker={**FLEET, "batch_size": 250}, recording=RECORD_ALL)
+    gateway = gateway_factory(settings)
+    first, second = worker_factory(settings), worker_factory(settings)
+    push_id = send(gateway, {"where": {}, "data": {"alert": "all"}})
+    row = final_status(mongo, db_name, push_id, timeout_s=120)
+    assert (row["status"], row["numSent"]) == ("succeeded", 10_000)
+    assert row["sentPerType"] == {"ios": 6666, "android": 3334}
+    delivered = first.delivered(push_id) + second.delivered(push_id)
+    assert len(delivered) == 10_000 == len(set(delivered))
+    assert first.delivered(push_id) and second.delivered(push_id)
+
+
+def test_two_apps_each_reach_only_their_own_installations(fleet: Any, mongo: Any, db_name: str) -> None:
+    mongo[db_name]["_Installation"].insert_one(installation("ios"))
+    mongo[f"{db_name}_1"]["_Installation"].insert_many([installation("ios"), installation("ios")])
+    gateway, _, _ = fleet([app_config("app1", "master1"), app_config("app2", "master2")])
+    other = {"X-Parse-Application-Id": "app2", "X-Parse-Master-Key": "master2"}
+    response = gateway.client().post("/parse/push", content=json.dumps({"where": {}}), headers=other)
+    assert final_status(mongo, f"{db_name}_1", response.headers["x-parse-push-status-id"])["numSent"] == 2
+    assert final_status(mongo, db_name, send(gateway, {"where": {}}))["numSent"] == 1
+    mongo.drop_database(f"{db_name}_1")

@@ -1,0 +1,84 @@
+"""Delivery outcomes as values: each device of a push ends as exactly one Sent or Failed; Deferred retries."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pushgw.messages import Device
+
+
+class Reason(StrEnum):
+    """pushgw's own failure reasons; provider reasons (`BadDeviceToken`, `UNREGISTERED`, …) stay verbatim."""
+
+    PROVIDER_NOT_CONFIGURED = "provider-not-configured"
+    UNSUPPORTED = "unsupported"
+    EXPIRED = "expired"
+    EMPTY_PAYLOAD = "empty-payload"
+    PAYLOAD_TOO_LARGE = "PayloadTooLarge"
+    RETRIES_EXHAUSTED = "retries-exhausted"
+    DEAD_LETTERED = "dead-lettered"
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    device: Device
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    device: Device
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A transient failure: try again later (`retry_after_s` from the provider, if it said)."""
+
+    device: Device
+    reason: str
+    retry_after_s: float | None = None
+
+
+Outcome = Sent | Failed | Deferred
+
+
+@dataclass(slots=True)
+class Tally:
+    """Terminal outcomes of one work unit, as the `$inc` they add to `_PushStatus`."""
+
+    sent_per_type: Counter[str] = field(default_factory=Counter)
+    failed_per_type: Counter[str] = field(default_factory=Counter)
+    failed_per_reason: Counter[str] = field(default_factory=Counter)
+
+    def add(self, outcome: Sent | Failed) -> None:
+        if isinstance(outcome, Sent):
+            self.sent_per_type[outcome.device.device_type] += 1
+        else:
+            self.failed_per_type[outcome.device.device_type] += 1
+            self.failed_per_reason[outcome.reason] += 1
+
+    @property
+    def sent(self) -> int:
+        return sum(self.sent_per_type.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failed_per_type.values())
+
+    def increments(self, utc_offset_key: str | None = None) -> dict[str, Any]:
+        """Parse's counters (`numSent`, `sentPerType.<type>`, …) plus our `failedPerReason.<reason>`."""
+        inc: dict[str, Any] = {"numSent": self.sent}
+        if self.failed:
+            inc["numFailed"] = self.failed
+        inc.update({f"sentPerType.{kind}": count for kind, count in self.sent_per_type.items()})
+        inc.update({f"failedPerType.{kind}": count for kind, count in self.failed_per_type.items()})
+        inc.update({f"failedPerReason.{reason}": count for reason, count in self.failed_per_reason.items()})
+        if utc_offset_key is not None:
+            if self.sent:
+                inc[f"sentPerUTCOffset.{utc_offset_key}"] = self.sent
+            if self.failed:
+                inc[f"failedPerUTCOffset.{utc_offset_key}"] = self.failed
+        return inc

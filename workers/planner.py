@@ -1,0 +1,218 @@
+"""PlanPush → one `_id`-sorted audience cursor → SendBatch items, with a resume point after every batch."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from pushgw import metrics
+from pushgw.broker import SEND, Broker
+from pushgw.clock import Clock
+from pushgw.logs import get_logger
+from pushgw.messages import Device, PlanPush, SendBatch
+from pushgw.mongo import Document
+from pushgw.push_status import OWN, StatusStore
+from pushgw.settings import AppSettings, WorkerSettings
+from workers.audience import ClassSchema, QueryError, audience_filter, translate_where
+from workers.badge import BadgeError, badge_rule
+from workers.providers.provider import TOKEN_TRANSPORTS, transport_for
+
+log = get_logger(__name__)
+_PROJECTION = {
+    "deviceType": 1, "pushType": 1, "deviceToken": 1, "installationId": 1, "badge": 1,
+    "localeIdentifier": 1, "appIdentifier": 1, "timeZone": 1, "_updated_at": 1,
+}  # fmt: skip
+
+
+def plan_key(item: PlanPush) -> str:
+    """`all`, or `utc+60` / `utc-300` for one UTC offset group of a local-time push."""
+    if item.utc_offset_min is None:
+        return "all"
+    return f"utc{item.utc_offset_min:+d}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One planning run: the push, where its data lives, and the expiry its batches carry."""
+
+    item: PlanPush
+    app: AppSettings
+    database: AsyncDatabase[Document]
+    store: StatusStore
+    key: str
+    expiry_ms: float | None
+
+
+class Planner:
+    """Reads each push's audience once and publishes it as send batches; resumable and single-owner."""
+
+    def __init__(self, settings: WorkerSettings, broker: Broker, clock: Clock, owner: str) -> None:
+        self._settings = settings
+        self._broker = broker
+        self._clock = clock
+        self._owner = owner
+
+    async def plan_push(self, item: PlanPush, app: AppSettings, database: AsyncDatabase[Document]) -> None:
+        store = StatusStore(database.get_collection(app.collection_prefix + "_PushStatus"), self._clock)
+        key = plan_key(item)
+        claimed = await store.claim_plan(item.push_id, key, self._owner, self._settings.planner_lease_s)
+        if claimed is None:
+            return  # terminal, planned already, or another worker holds the lease
+        metrics.QUEUE_LAG_SECONDS.labels("plan").observe(
+            max(0.0, (self._clock.now() - item.accepted_at).total_seconds())
+        )
+        state: dict[str, Any] = claimed.get(OWN, {}).get("plans", {}).get(key, {})
+        try:
+            badge_rule(item.data)
+            mongo_filter = await self._audience(item, app, database)
+        except (QueryError, BadgeError) as error:
+            log.info("push_failed", push_id=item.push_id, code=error.code, error=error.message)
+            if await store.fail(item.push_id, error.code, error.message):
+                metrics.PUSHES_FINISHED.labels("failed").inc()
+            return
+        plan = _Plan(item, app, database, store, key, state.get("expiry_ms") or self._expiry_ms(item))
+        devices = await self._publish_batches(plan, mongo_filter, state)
+        if devices is None:
+            return  # lost the lease: the new owner continues
+        await store.finish_plan(item.push_id, key, self._owner, devices)
+        if await store.try_finalize(item.push_id):
+            metrics.PUSHES_FINISHED.labels("succeeded").inc()
+        log.info("push_planned", push_id=item.push_id, plan=key, devices=devices)
+
+    def _expiry_ms(self, item: PlanPush) -> float | None:
+        """Absolute expiry, or `expiration_interval` counted from the actual start (Parse loses it, §13)."""
+        if item.expiry_ms is not None:
+            return item.expiry_ms
+        if item.expiration_interval_s:
+            start = self._clock.now() + timedelta(seconds=item.expiration_interval_s)
+            return start.timestamp() * 1000
+        return None
+
+    async def _audience(
+        self, item: PlanPush, app: AppSettings, database: AsyncDatabase[Document]
+    ) -> dict[str, Any]:
+        runner = MongoSubqueries(database, app.collection_prefix)
+        schema = await runner.schema_for("_Installation")
+        translated = await translate_where(item.where, schema, runner, now=self._clock.now())
+        mongo_filter = audience_filter(translated, item.where)
+        if item.time_zones is not None:
+            mongo_filter = {"$and": [mongo_filter, {"timeZone": {"$in": item.time_zones}}]}
+        return mongo_filter
+
+    async def _publish_batches(
+        self, plan: _Plan, mongo_filter: dict[str, Any], state: dict[str, Any]
+    ) -> int | None:
+        """Publish every batch after the resume point; the checkpoint follows each confirmed publish."""
+        index: int = state.get("next_index", 0)
+        devices_total: int = state.get("devices", 0)
+        last_id: str | None = state.get("last_id")
+        batch: list[Device] = []
+        async for row_id, device in self._stream(plan.database, plan.app, mongo_filter, last_id):
+            last_id = row_id
+            if device is not None:
+                batch.append(device)
+            if len(batch) >= self._settings.batch_size:
+                await self._publish(plan, index, batch)
+                index, devices_total, batch = index + 1, devices_total + len(batch), []
+                cursor = {
+                    "last_id": last_id,
+                    "next_index": index,
+                    "devices": devices_total,
+                    "expiry_ms": plan.expiry_ms,
+                }
+                lease_s = self._settings.planner_lease_s
+                if not await plan.store.checkpoint_plan(
+                    plan.item.push_id, plan.key, self._owner, cursor, lease_s
+                ):
+                    return None
+        if batch:
+            await self._publish(plan, index, batch)
+            devices_total += len(batch)
+        return devices_total
+
+    async def _stream(
+        self,
+        database: AsyncDatabase[Document],
+        app: AppSettings,
+        mongo_filter: dict[str, Any],
+        after: str | None,
+    ) -> AsyncIterator[tuple[str, Device | None]]:
+        """One cursor, sorted and hinted on `_id` (see docs/architecture.md: never skip, never page)."""
+        query = {"$and": [mongo_filter, {"_id": {"$gt": after}}]} if after else mongo_filter
+        collection = database.get_collection(app.collection_prefix + "_Installation")
+        cursor = collection.find(query, _PROJECTION, batch_size=2000).sort("_id", 1).hint("_id_")
+        async for row in cursor:
+            yield row["_id"], to_device(row)
+
+    async def _publish(self, plan: _Plan, index: int, devices: list[Device]) -> None:
+        item = plan.item
+        batch = SendBatch(
+            app_id=item.app_id,
+            push_id=item.push_id,
+            unit=f"{plan.key}-b{index}",
+            first_id=devices[0].object_id,
+            last_id=devices[-1].object_id,
+            devices=devices,
+            data=item.data,
+            options=item.options,
+            expiry_ms=plan.expiry_ms,
+            utc_offset_min=item.utc_offset_min,
+            accepted_at=item.accepted_at,
+        )
+        await self._broker.publish(SEND, batch.to_bytes(), message_id=f"{item.push_id}:{batch.unit}")
+        for device in devices:
+            metrics.PLANNED_DEVICES.labels(device.transport).inc()
+
+
+def to_device(row: Document) -> Device | None:
+    """The device row a sender needs, or None for a token transport without a token (Parse skips those)."""
+    device_type = row.get("deviceType")
+    transport = transport_for(device_type, row.get("pushType"))
+    token = row.get("deviceToken")
+    if transport in TOKEN_TRANSPORTS and not (isinstance(token, str) and token):
+        metrics.SKIPPED_DEVICES.labels(str(device_type)).inc()
+        return None
+    badge = row.get("badge")
+    return Device(
+        object_id=str(row["_id"]),
+        device_type=str(device_type),
+        transport=transport,
+        installation_id=_text(row.get("installationId")),
+        device_token=token if isinstance(token, str) else None,
+        push_type=_text(row.get("pushType")),
+        badge=badge if isinstance(badge, int | float) and not isinstance(badge, bool) else None,
+        locale=_text(row.get("localeIdentifier")),
+        app_identifier=_text(row.get("appIdentifier")),
+        time_zone=_text(row.get("timeZone")),
+        updated_at=row.get("_updated_at"),
+    )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+class MongoSubqueries:
+    """Subquery reads for audience translation: `_SCHEMA`, other classes, and `_Join` relation tables."""
+
+    def __init__(self, database: AsyncDatabase[Document], prefix: str) -> None:
+        self._database = database
+        self._prefix = prefix
+
+    async def distinct_values(self, class_name: str, mongo_filter: dict[str, Any], field: str) -> list[Any]:
+        cursor = self._database.get_collection(self._prefix + class_name).find(mongo_filter, {field: 1})
+        return [row[field] async for row in cursor if field in row]
+
+    async def schema_for(self, class_name: str) -> ClassSchema:
+        document = await self._database.get_collection(self._prefix + "_SCHEMA").find_one({"_id": class_name})
+        return ClassSchema.from_document(document)
+
+    async def related_ids(self, owning_class: str, key: str, owning_id: str) -> list[str]:
+        collection = self._database.get_collection(f"{self._prefix}_Join:{key}:{owning_class}")
+        return [
+            str(row["relatedId"]) async for row in collection.find({"owningId": owning_id}, {"relatedId": 1})
+        ]

@@ -1,0 +1,1 @@
+"""Delivery providers: one module per transport behind the Provider protocol."""

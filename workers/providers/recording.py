@@ -1,0 +1,78 @@
+"""The recording provider: accepts instantly, remembers every delivery; scripted failures by token prefix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from pushgw.clock import Clock
+from pushgw.mongo import Document
+from workers.outcomes import Deferred, Failed, Outcome, Sent
+from workers.providers.provider import Notification, PushContext
+
+RECORDED_COLLECTION = "pushgw_recorded"
+
+
+class RecordingProvider:
+    """For tests, benchmarks and `pushgw dev`: every delivery is kept in memory or in `pushgw_recorded`.
+
+    `fail_tokens` maps a token (or installation id) prefix to `failed:<Reason>` or
+    `deferred:<Reason>[:<retry_after_s>]`, so tests can script provider answers.
+    """
+
+    transport = "recording"
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        fail_tokens: dict[str, str] | None = None,
+        databases: dict[str, AsyncDatabase[Document]] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._fail_tokens = fail_tokens or {}
+        self._databases = databases
+        self.deliveries: list[tuple[str, Notification, datetime]] = []
+
+    async def send(self, push: PushContext, notifications: Sequence[Notification]) -> list[Outcome]:
+        now = self._clock.now()
+        outcomes = [self._outcome(notification) for notification in notifications]
+        delivered = [n for n, o in zip(notifications, outcomes, strict=True) if isinstance(o, Sent)]
+        if self._databases is None:
+            self.deliveries.extend((push.push_id, notification, now) for notification in delivered)
+        elif delivered:
+            collection = self._databases[push.app_id].get_collection(RECORDED_COLLECTION)
+            await collection.insert_many([_record(push, notification, now) for notification in delivered])
+        return outcomes
+
+    def _outcome(self, notification: Notification) -> Outcome:
+        device = notification.device
+        address = device.device_token or device.installation_id or ""
+        for prefix, script in self._fail_tokens.items():
+            if address.startswith(prefix):
+                kind, _, rest = script.partition(":")
+                reason, _, after = rest.partition(":")
+                if kind == "deferred":
+                    return Deferred(device, reason or "transient", float(after) if after else None)
+                return Failed(device, reason or "failed")
+        return Sent(device)
+
+    async def close(self) -> None:
+        return None
+
+
+def _record(push: PushContext, notification: Notification, now: datetime) -> dict[str, Any]:
+    device = notification.device
+    return {
+        "push_id": push.push_id,
+        "object_id": device.object_id,
+        "transport": device.transport,
+        "device_type": device.device_type,
+        "address": device.device_token or device.installation_id,
+        "data": notification.data,
+        "expiry_ms": push.expiry_ms,
+        "at": now,
+    }

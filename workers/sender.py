@@ -1,0 +1,246 @@
+"""SendBatch → badges, localization, expiry → providers → outcomes → retries, one idempotent record → ack."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from pushgw import metrics
+from pushgw.broker import Broker
+from pushgw.clock import Clock
+from pushgw.logs import get_logger
+from pushgw.messages import Device, SendBatch
+from pushgw.mongo import Document
+from pushgw.parse_quirks import js_number_string
+from pushgw.push_status import StatusStore
+from pushgw.settings import AppSettings, WorkerSettings
+from workers.badge import BadgeError, BadgeRule, apply_badges, badge_rule, receives_badge
+from workers.localize import Localizer
+from workers.outcomes import Deferred, Failed, Outcome, Reason, Sent, Tally
+from workers.providers.provider import UNSUPPORTED, Notification, Provider, PushContext
+from workers.retries import RetryPolicy
+
+log = get_logger(__name__)
+PROGRESS = "pushgw_progress"
+_RETRY_SUFFIX = re.compile(r"r\d+$")
+_PROGRESS_TTL = timedelta(days=7)
+
+
+@dataclass(slots=True)
+class _Run:
+    """One unit being sent: outcomes so far, and when progress was last saved."""
+
+    item: SendBatch
+    database: AsyncDatabase[Document]
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    unsaved: dict[str, str] = field(default_factory=dict)
+    saved_at: float = field(default_factory=time.monotonic)
+
+    def add(self, outcome: Outcome) -> None:
+        self.outcomes[outcome.device.object_id] = outcome
+        self.unsaved[outcome.device.object_id] = _encode(outcome)
+
+
+class Sender:
+    """Drives one unit to a terminal outcome per device; safe to run twice on the same unit."""
+
+    def __init__(
+        self, settings: WorkerSettings, broker: Broker, providers: Mapping[str, Provider], clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:  # fmt: skip
+        self._settings = settings
+        self._broker = broker
+        self._providers = providers
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._policy = RetryPolicy(settings.delay_tiers_s, settings.max_attempts)
+
+    async def send_batch(
+        self, item: SendBatch, app: AppSettings, database: AsyncDatabase[Document], redelivered: bool
+    ) -> None:
+        store = StatusStore(database.get_collection(app.collection_prefix + "_PushStatus"), self._clock)
+        status = await store.collection.find_one(
+            {"_id": item.push_id}, {"status": 1, f"pushgw.units.{item.unit}": 1}
+        )
+        if (
+            status is None
+            or status.get("status") != "running"
+            or item.unit in status.get("pushgw", {}).get("units", {})
+        ):
+            metrics.BATCHES.labels("skipped").inc()
+            return  # cancelled, finished, or this unit was already recorded
+        if item.accepted_at is not None:
+            lag = (self._clock.now() - item.accepted_at).total_seconds()
+            metrics.QUEUE_LAG_SECONDS.labels("send").observe(max(0.0, lag))
+        started = time.perf_counter()
+        run = _Run(item, database)
+        if redelivered:
+            await self._load_progress(run)
+        await self._deliver(run, app)
+        await self._defer_or_fail(run)
+        await self._record(run, store)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    async def _deliver(self, run: _Run, app: AppSettings) -> None:
+        item = run.item
+        todo = [device for device in item.devices if device.object_id not in run.outcomes]
+        data = item.data if isinstance(item.data, dict) else {}
+        try:
+            badges = await self._badges(run, app, todo, badge_rule(data))
+        except BadgeError:
+            badges = {}  # the planner already failed such pushes; nothing here can make them valid
+        localizer = Localizer(data)
+        now_ms = self._clock.now().timestamp() * 1000
+        by_transport: defaultdict[str, list[Notification]] = defaultdict(list)
+        for device in todo:
+            outcome = self._precheck(device, item.expiry_ms, now_ms)
+            if outcome is not None:
+                run.add(outcome)
+                continue
+            payload = _with_badge(localizer.payload_for(device.locale), device, badges)
+            by_transport[device.transport].append(Notification(device, payload))
+        context = PushContext(item.app_id, item.push_id, item.options, item.expiry_ms)
+        for transport, notifications in by_transport.items():
+            await self._send_chunks(run, self._providers[transport], context, notifications)
+
+    def _precheck(self, device: Device, expiry_ms: float | None, now_ms: float) -> Outcome | None:
+        if device.transport == UNSUPPORTED:
+            return Failed(device, Reason.UNSUPPORTED)
+        if expiry_ms is not None and now_ms >= expiry_ms:
+            return Failed(device, Reason.EXPIRED)
+        if device.transport not in self._providers:
+            return Failed(device, Reason.PROVIDER_NOT_CONFIGURED)
+        return None
+
+    async def _badges(
+        self, run: _Run, app: AppSettings, devices: Sequence[Device], rule: BadgeRule
+    ) -> dict[str, int | float]:
+        receivers = [
+            device for device in devices if receives_badge(device, self._settings.badge_device_types)
+        ]
+        if not receivers or (rule.increment is None and rule.set_to is None):
+            return {}
+        ledger_id = f"{run.item.push_id}:{_RETRY_SUFFIX.sub('', run.item.unit)}"
+        installations = app.collection_prefix + "_Installation"
+        return await apply_badges(
+            run.database, ledger_id, rule, receivers, now=self._clock.now(), installations=installations
+        )
+
+    async def _send_chunks(
+        self, run: _Run, provider: Provider, context: PushContext, notifications: list[Notification]
+    ) -> None:
+        chunk = self._settings.progress_chunk
+        for start in range(0, len(notifications), chunk):
+            part = notifications[start : start + chunk]
+            for outcome in await provider.send(context, part):
+                run.add(outcome)
+            if time.monotonic() - run.saved_at >= self._settings.progress_interval_s:
+                await self._save_progress(run)
+
+    async def _defer_or_fail(self, run: _Run) -> None:
+        """Transient failures go to a delay queue as the unit's next attempt, or become failed."""
+        deferred = [outcome for outcome in run.outcomes.values() if isinstance(outcome, Deferred)]
+        if not deferred:
+            return
+        item = run.item
+        retry_after = max((outcome.retry_after_s or 0.0 for outcome in deferred), default=0.0) or None
+        delay_s = self._policy.delay_for(item.attempt, retry_after, self._rng)
+        now_ms = self._clock.now().timestamp() * 1000
+        if delay_s is None or (item.expiry_ms is not None and now_ms + delay_s * 1000 >= item.expiry_ms):
+            reason = Reason.RETRIES_EXHAUSTED if delay_s is None else Reason.EXPIRED
+            for outcome in deferred:
+                run.outcomes[outcome.device.object_id] = Failed(outcome.device, reason)
+            return
+        unit = f"{_RETRY_SUFFIX.sub('', item.unit)}r{item.attempt}"
+        devices = [outcome.device for outcome in deferred]
+        retry = item.model_copy(update={"unit": unit, "attempt": item.attempt + 1, "devices": devices})
+        await self._broker.publish_delayed(delay_s, retry.to_bytes(), message_id=f"{item.push_id}:{unit}")
+        log.info(
+            "devices_deferred", push_id=item.push_id, unit=item.unit, devices=len(devices), delay_s=delay_s
+        )
+
+    async def _record(self, run: _Run, store: StatusStore) -> None:
+        item = run.item
+        tally = Tally()
+        for outcome in run.outcomes.values():
+            metrics.DEVICES.labels(_kind(outcome), outcome.device.transport, _reason(outcome)).inc()
+            if not isinstance(outcome, Deferred):
+                tally.add(outcome)
+        offset_key = None if item.utc_offset_min is None else js_number_string(item.utc_offset_min / 60)
+        counted = tally.sent + tally.failed
+        if await store.record_unit(item.push_id, item.unit, tally.increments(offset_key), counted):
+            metrics.BATCHES.labels("recorded").inc()
+            if await store.try_finalize(item.push_id):
+                metrics.PUSHES_FINISHED.labels("succeeded").inc()
+                log.info("push_succeeded", push_id=item.push_id)
+
+    async def _load_progress(self, run: _Run) -> None:
+        document = await _progress(run.database).find_one({"_id": _progress_id(run.item)})
+        for object_id, code in (document or {}).get("outcomes", {}).items():
+            device = next((device for device in run.item.devices if device.object_id == object_id), None)
+            if device is not None:
+                run.outcomes[object_id] = _decode(device, code)
+
+    async def _save_progress(self, run: _Run) -> None:
+        if not run.unsaved:
+            return
+        fields: dict[str, Any] = {f"outcomes.{object_id}": code for object_id, code in run.unsaved.items()}
+        fields["expire_at"] = self._clock.now() + _PROGRESS_TTL
+        await _progress(run.database).update_one(
+            {"_id": _progress_id(run.item)}, {"$set": fields}, upsert=True
+        )
+        run.unsaved.clear()
+        run.saved_at = time.monotonic()
+
+
+def _with_badge(payload: dict[str, Any], device: Device, badges: Mapping[str, int | float]) -> dict[str, Any]:
+    """Each device gets its own badge; devices outside the badge set get none ("Increment" is not a value)."""
+    value = badges.get(device.object_id)
+    if value is not None:
+        return {**payload, "badge": value}
+    if "badge" in payload and not isinstance(payload["badge"], int | float):
+        return {key: item for key, item in payload.items() if key != "badge"}
+    return payload
+
+
+def _progress(database: AsyncDatabase[Document]) -> AsyncCollection[Document]:
+    return database.get_collection(PROGRESS)
+
+
+def _progress_id(item: SendBatch) -> str:
+    return f"{item.push_id}:{item.unit}"
+
+
+def _encode(outcome: Outcome) -> str:
+    if isinstance(outcome, Sent):
+        return "s"
+    if isinstance(outcome, Failed):
+        return f"f:{outcome.reason}"
+    return f"d:{outcome.reason}:{outcome.retry_after_s or ''}"
+
+
+def _decode(device: Device, code: str) -> Outcome:
+    kind, _, rest = code.partition(":")
+    if kind == "s":
+        return Sent(device)
+    reason, _, after = rest.partition(":")
+    if kind == "f":
+        return Failed(device, reason)
+    return Deferred(device, reason, float(after) if after else None)
+
+
+def _kind(outcome: Outcome) -> str:
+    return {Sent: "sent", Failed: "failed", Deferred: "deferred"}[type(outcome)]
+
+
+def _reason(outcome: Outcome) -> str:
+    return "" if isinstance(outcome, Sent) else str(outcome.reason)

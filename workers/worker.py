@@ -1,0 +1,136 @@
+"""The `pushgw worker` process: consumers for plan/send/dead queues, background loops, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pymongo.errors import PyMongoError
+
+from pushgw.broker import PLAN, SEND, Consumer, Delivery, PublishError
+from pushgw.clock import Clock
+from pushgw.connections import Connections
+from pushgw.logs import get_logger
+from pushgw.messages import PlanPush, SendBatch, UnknownWorkItem, parse_work_item
+from pushgw.mongo import app_database
+from pushgw.settings import Settings
+from workers.planner import Planner
+from workers.providers.provider import Provider
+from workers.sender import Sender
+
+log = get_logger(__name__)
+_INFRA_ERRORS = (PyMongoError, PublishError, OSError, asyncio.TimeoutError)
+
+
+class Worker:
+    """One fleet member. Start as many as you like: all state is in MongoDB and RabbitMQ."""
+
+    def __init__(
+        self, settings: Settings, connections: Connections, providers: dict[str, Provider], clock: Clock
+    ) -> None:
+        self._settings = settings
+        self._connections = connections
+        self._providers = providers
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        broker = connections.broker
+        self.planner = Planner(settings.worker, broker, clock, self.owner)
+        self.sender = Sender(settings.worker, broker, providers, clock)
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._consumers: list[Consumer] = []
+
+    async def start(self) -> None:
+        broker, prefetch = self._connections.broker, self._settings.worker.prefetch
+        self._consumers = [
+            await broker.consume(PLAN, self._handle, prefetch=prefetch),
+            await broker.consume(SEND, self._handle, prefetch=prefetch),
+        ]
+        log.info("worker_started", owner=self.owner, transports=sorted(self._providers))
+
+    async def drain(self) -> None:
+        """Stop consuming, give in-flight units `shutdown_timeout_s` to finish, then abandon the rest.
+
+        Abandoned deliveries are never acked, so the broker hands them to another worker when this
+        connection closes; the units are idempotent.
+        """
+        for consumer in self._consumers:
+            await consumer.cancel()
+        pending = set(self._in_flight)
+        if pending:
+            log.info("worker_draining", in_flight=len(pending))
+            _, still_running = await asyncio.wait(pending, timeout=self._settings.worker.shutdown_timeout_s)
+            for task in still_running:
+                task.cancel()
+            await asyncio.gather(*still_running, return_exceptions=True)
+        log.info("worker_drained", abandoned=0 if not pending else len([t for t in pending if t.cancelled()]))
+
+    async def _handle(self, delivery: Delivery) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            await self._process(delivery)
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
+
+    async def _process(self, delivery: Delivery) -> None:
+        try:
+            item = parse_work_item(delivery.body)
+        except UnknownWorkItem as error:
+            log.error("work_item_unreadable", error=str(error)[:300])
+            await delivery.dead_letter()
+            return
+        app = self._settings.app(item.app_id)
+        if app is None:
+            log.error("work_item_unknown_app", app_id=item.app_id, push_id=item.push_id)
+            await delivery.dead_letter()
+            return
+        database = app_database(self._connections.mongo, app)
+        run: Callable[[], Awaitable[None]]
+        if isinstance(item, PlanPush):
+            run = functools.partial(self.planner.plan_push, item, app, database)
+        else:
+            run = functools.partial(self.sender.send_batch, item, app, database, delivery.redelivered)
+        await self._settle(delivery, item, run)
+
+    async def _settle(
+        self, delivery: Delivery, item: PlanPush | SendBatch, run: Callable[[], Awaitable[None]]
+    ) -> None:
+        unit = item.unit if isinstance(item, SendBatch) else "plan"
+        try:
+            await run()
+        except asyncio.CancelledError:
+            raise  # draining: leave the delivery unacked for another worker
+        except _INFRA_ERRORS as error:
+            log.warning(
+                "unit_retry", push_id=item.push_id, unit=unit, error=f"{type(error).__name__}: {error}"
+            )
+            await delivery.requeue()
+            return
+        except Exception:
+            log.exception("unit_failed", push_id=item.push_id, unit=unit)
+            await delivery.requeue()  # the queue's delivery limit dead-letters a poison message
+            return
+        await delivery.ack()
+
+
+async def run_worker_until(
+    settings: Settings,
+    connections: Connections,
+    providers: dict[str, Provider],
+    clock: Clock,
+    stop: asyncio.Event,
+) -> None:
+    """Run one worker until `stop` is set, then drain."""
+    worker = Worker(settings, connections, providers, clock)
+    await worker.start()
+    await stop.wait()
+    await worker.drain()
+    for provider in {id(p): p for p in providers.values()}.values():
+        with contextlib.suppress(Exception):
+            await provider.close()
