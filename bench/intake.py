@@ -57,6 +57,7 @@ CEILING_ROUTE = "ceiling"
 CEILING_WARMUP_S = 1.0
 TARGET_RATE, TARGET_P99_MS, TARGET_SHARE = 800.0, 50.0, 0.60
 PROFILE_RATE_HZ = 100
+QUIET_BUSY_PERCENT = 15.0  # % of one core
 FOREIGN_CPU_WARNING = 20.0  # % of one core used by processes this bench did not start
 START_TIMEOUT_S, STOP_TIMEOUT_S, VERIFY_TIMEOUT_S = 30.0, 30.0, 15.0
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -638,6 +639,7 @@ def assemble(
             "warmup_s": args.warmup,
             "ceiling_duration_s": args.ceiling_duration,
             "queue_prefix": stack.prefix,
+            "machine_busy_before_start_percent": args.busy_before_start,
             "note": "one SecantusDB (temp storage) serves both the gateway run and the ceiling; "
             "RabbitMQ at 127.0.0.1:5672; everything shares the machine's cores",
         },
@@ -689,6 +691,7 @@ def print_report(results: dict[str, Any]) -> None:
         f"(+{config['warmup_s']:g} s warm-up), ceiling {config['ceiling_duration_s']:g} s per write"
     )
     print(f"  note: {config['note']}")
+    print(f"  machine busy before start: {config['machine_busy_before_start_percent']:.0f} % of one core")
     print(
         f"gateway   {gateway['rate_per_s']:.0f} accepted pushes/s ({gateway['accepted']} in "
         f"{gateway['elapsed_s']:.1f} s)   latency {latency_text(gateway['latency_ms'])}"
@@ -741,7 +744,27 @@ def say(text: str) -> None:
     print(f"[bench] {text}", file=sys.stderr, flush=True)
 
 
+def busy_percent(window_s: float = 1.0) -> float:
+    """Machine CPU use over a short measuring window, in % of one core."""
+    before = machine_busy_seconds()
+    time.sleep(window_s)  # the measuring window itself
+    return round(100 * (machine_busy_seconds() - before) / window_s, 1)
+
+
+def wait_for_quiet(max_wait_s: float) -> float:
+    """Before anything starts: poll (up to `max_wait_s`) until other processes leave the machine quiet."""
+    deadline = time.monotonic() + max_wait_s
+    busy = busy_percent()
+    while busy > QUIET_BUSY_PERCENT and time.monotonic() < deadline:
+        say(f"machine already {busy:.0f} % of a core busy; waiting for quiet (up to {max_wait_s:g} s)")
+        busy = busy_percent()
+    if busy > QUIET_BUSY_PERCENT:
+        say(f"!!! machine {busy:.0f} % of a core busy before start: other processes will disturb this run")
+    return busy
+
+
 def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    args.busy_before_start = wait_for_quiet(args.wait_quiet)
     say(f"starting SecantusDB (storage {stack.tmp / 'mongo'})")
     start_secantus(stack)
     say(f"starting pushgw serve (queue prefix {stack.prefix})")
@@ -764,6 +787,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up load (default 3)")
     parser.add_argument("--ceiling-duration", type=float, default=10.0, help="seconds per ceiling write")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the gateway during the load (raw stacks)")
+    parser.add_argument(
+        "--wait-quiet", type=float, default=0.0, metavar="S", help="wait up to S s for an idle machine first"
+    )
     parser.add_argument("--json", action="store_true", help="end with one JSON object holding every number")
     return parser.parse_args(argv)
 

@@ -201,7 +201,9 @@ class RabbitBroker:
         except (TimeoutError, aio_pika.exceptions.AMQPError, OSError, RuntimeError) as error:
             raise PublishError(f"{type(error).__name__}: {error}") from error
         if not isinstance(confirmation, Basic.Ack):
-            raise PublishError(f"broker did not confirm {exchange.name} {route!r}: {type(confirmation).__name__}")
+            raise PublishError(
+                f"broker did not confirm {exchange.name} {route!r}: {type(confirmation).__name__}"
+            )
 
     async def consume(self, route: str, handler: Handler, *, prefetch: int) -> Consumer:
         """Consume on a channel of its own; the robust connection restores it after a reconnect."""
@@ -305,7 +307,6 @@ class MemoryBroker:
 
     def __init__(self) -> None:
         self.queues: defaultdict[str, asyncio.Queue[_MemoryDelivery]] = defaultdict(asyncio.Queue)
-        self.dead: list[bytes] = []
         self._timers: set[asyncio.TimerHandle] = set()
 
     async def start(self) -> None:
@@ -346,7 +347,7 @@ class _MemoryDelivery:
         )
 
     async def dead_letter(self) -> None:
-        self._broker.dead.append(self.body)
+        self._broker.queues["dead"].put_nowait(_MemoryDelivery(self._broker, "dead", self.body))
 
 
 class _MemoryConsumer:

@@ -15,6 +15,7 @@ import uvicorn
 import uvloop
 from pydantic import SecretStr
 
+from pushgw import push_commands
 from pushgw.app import build_app
 from pushgw.clock import SystemClock
 from pushgw.connections import Connections
@@ -56,9 +57,58 @@ def _parser() -> argparse.ArgumentParser:
         ("dev", run_dev, "everything in one process: embedded SecantusDB + in-process queue"),
     ):
         command = commands.add_parser(name, help=text, description=text)
-        command.add_argument("--config", metavar="PATH", help="TOML config file (default: $PUSHGW_CONFIG)")
+        _config_option(command)
         command.set_defaults(run=run)
+    _push_commands(commands)
     return parser
+
+
+def _config_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--config", metavar="PATH", help="TOML config file (default: $PUSHGW_CONFIG)")
+
+
+def _push_commands(commands: Any) -> None:
+    push = commands.add_parser("push", help="inspect or cancel a push").add_subparsers(
+        dest="action", required=True
+    )
+    status = push.add_parser("status", help="live progress of a push until it is final")
+    status.add_argument("push_id")
+    status.add_argument("--no-wait", action="store_true", help="print the current state once")
+    cancel = push.add_parser(
+        "cancel", help="skip a push's remaining batches; status failed, reason cancelled"
+    )
+    cancel.add_argument("push_id")
+    dlq = commands.add_parser("dlq", help="the dead-letter queue").add_subparsers(
+        dest="action", required=True
+    )
+    dlq.add_parser("list", help="list dead-lettered work items")
+    replay = dlq.add_parser("replay", help="re-queue dead-lettered work items")
+    replay.add_argument("ids", nargs="*", metavar="ID")
+    replay.add_argument("--all", action="store_true", help="every item not yet finalized")
+    for command in (status, cancel, *dlq.choices.values()):
+        _config_option(command)
+        command.set_defaults(run=run_operator)
+
+
+def run_operator(settings: Settings, args: argparse.Namespace) -> int:
+    """`pushgw push …` / `pushgw dlq …`: connect, run the one action, disconnect."""
+    return _run(_operator(settings, args))
+
+
+async def _operator(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.queue.is_memory and args.command == "dlq" and args.action == "replay":
+        raise ConfigError("queue.url is memory://: a separate process cannot reach `pushgw dev`'s queue")
+    connections = await Connections.open(settings)
+    try:
+        if args.command == "push" and args.action == "status":
+            return await push_commands.push_status(settings, connections, args.push_id, wait=not args.no_wait)
+        if args.command == "push":
+            return await push_commands.push_cancel(settings, connections, args.push_id, SystemClock())
+        if args.action == "list":
+            return await push_commands.dlq_list(settings, connections)
+        return await push_commands.dlq_replay(settings, connections, args.ids, args.all)
+    finally:
+        await connections.close()
 
 
 def run_serve(settings: Settings, _: argparse.Namespace) -> int:
@@ -132,7 +182,10 @@ def _recorder(settings: Settings, connections: Connections, clock: SystemClock) 
     databases = None
     if settings.recording.store == "mongo":
         databases = {app.app_id: app_database(connections.mongo, app) for app in settings.apps}
-    return RecordingProvider(clock, fail_tokens=settings.recording.fail_tokens, databases=databases)
+    recording = settings.recording
+    return RecordingProvider(
+        clock, fail_tokens=recording.fail_tokens, databases=databases, latency_ms=recording.latency_ms
+    )
 
 
 def _stop_on_signals() -> asyncio.Event:

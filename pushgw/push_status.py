@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import string
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from pushgw import parse_quirks
 from pushgw.clock import Clock, iso_millis, to_millis
+from pushgw.messages import PlanPush
 from pushgw.mongo import Document
 from pushgw.push import Push
 
@@ -52,6 +54,23 @@ def new_status_document(push_id: str, push: Push, *, now: datetime, scheduled: b
     if push.options:
         document[OWN] = {"options": push.options}  # needed to rebuild the plan for scheduled pushes
     return document
+
+
+def plan_from_status(document: Document, app_id: str, **changes: Any) -> PlanPush:
+    """Rebuild a push's PlanPush from its `_PushStatus` (scheduler and watchdog: the row is the truth)."""
+    own = document.get(OWN, {})
+    return PlanPush(
+        app_id=app_id,
+        push_id=document["_id"],
+        where=json.loads(document["query"]),
+        data=json.loads(document["payload"]),
+        push_time=document.get("pushTime"),
+        expiry_ms=document.get("expiry"),
+        expiration_interval_s=document.get("expiration_interval"),
+        options=own.get("options", {}),
+        accepted_at=document["_created_at"],
+        **changes,
+    )
 
 
 class StatusStore:

@@ -117,6 +117,7 @@ class RecordingSettings(Section):
     transports: list[Literal["apns", "fcm", "ppns"]] = Field(default_factory=list)
     store: Literal["memory", "mongo"] = "memory"
     fail_tokens: dict[str, str] = Field(default_factory=dict)
+    latency_ms: int = Field(default=0, ge=0)
 
 
 class LogSettings(Section):

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from pushgw.messages import Device
+from pushgw.parse_quirks import js_number_string
 
 
 class Reason(StrEnum):
@@ -82,3 +83,8 @@ class Tally:
             if self.failed:
                 inc[f"failedPerUTCOffset.{utc_offset_key}"] = self.failed
         return inc
+
+
+def utc_offset_key(utc_offset_min: int | None) -> str | None:
+    """The `sentPerUTCOffset` key of a local-time unit: its UTC offset in hours (`"1"`, `"-5"`, `"5.5"`)."""
+    return None if utc_offset_min is None else js_number_string(utc_offset_min / 60)

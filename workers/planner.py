@@ -8,10 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure
 
 from pushgw import metrics
 from pushgw.broker import SEND, Broker
 from pushgw.clock import Clock
+from pushgw.errors import INVALID_QUERY
 from pushgw.logs import get_logger
 from pushgw.messages import Device, PlanPush, SendBatch
 from pushgw.mongo import Document
@@ -75,7 +77,18 @@ class Planner:
                 metrics.PUSHES_FINISHED.labels("failed").inc()
             return
         plan = _Plan(item, app, database, store, key, state.get("expiry_ms") or self._expiry_ms(item))
-        devices = await self._publish_batches(plan, mongo_filter, state)
+        try:
+            devices = await self._publish_batches(plan, mongo_filter, state)
+        except OperationFailure as error:
+            if not is_query_error(error):
+                raise
+            # The database refused the query itself (e.g. $text without a text index): retrying cannot help.
+            log.info("push_failed", push_id=item.push_id, code=INVALID_QUERY, error=str(error))
+            if await store.fail(
+                item.push_id, INVALID_QUERY, f"the database refused the query: {error.details or error}"
+            ):
+                metrics.PUSHES_FINISHED.labels("failed").inc()
+            return
         if devices is None:
             return  # lost the lease: the new owner continues
         await store.finish_plan(item.push_id, key, self._owner, devices)
@@ -168,6 +181,15 @@ class Planner:
             metrics.PLANNED_DEVICES.labels(device.transport).inc()
 
 
+# Server errors that mean "try again", never "your query is wrong" (MongoDB error codes).
+_TRANSIENT_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+
+
+def is_query_error(error: OperationFailure) -> bool:
+    """True when MongoDB rejected the query itself rather than failing to run it."""
+    return type(error) is OperationFailure and error.code not in _TRANSIENT_CODES
+
+
 def to_device(row: Document) -> Device | None:
     """The device row a sender needs, or None for a token transport without a token (Parse skips those)."""
     device_type = row.get("deviceType")
@@ -204,8 +226,10 @@ class MongoSubqueries:
         self._prefix = prefix
 
     async def distinct_values(self, class_name: str, mongo_filter: dict[str, Any], field: str) -> list[Any]:
-        cursor = self._database.get_collection(self._prefix + class_name).find(mongo_filter, {field: 1})
-        return [row[field] async for row in cursor if field in row]
+        """MongoDB `distinct` semantics: dotted paths followed, array values flattened."""
+        return list(
+            await self._database.get_collection(self._prefix + class_name).distinct(field, mongo_filter)
+        )
 
     async def schema_for(self, class_name: str) -> ClassSchema:
         document = await self._database.get_collection(self._prefix + "_SCHEMA").find_one({"_id": class_name})

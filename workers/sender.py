@@ -20,12 +20,11 @@ from pushgw.clock import Clock
 from pushgw.logs import get_logger
 from pushgw.messages import Device, SendBatch
 from pushgw.mongo import Document
-from pushgw.parse_quirks import js_number_string
 from pushgw.push_status import StatusStore
 from pushgw.settings import AppSettings, WorkerSettings
 from workers.badge import BadgeError, BadgeRule, apply_badges, badge_rule, receives_badge
 from workers.localize import Localizer
-from workers.outcomes import Deferred, Failed, Outcome, Reason, Sent, Tally
+from workers.outcomes import Deferred, Failed, Outcome, Reason, Sent, Tally, utc_offset_key
 from workers.providers.provider import UNSUPPORTED, Notification, Provider, PushContext
 from workers.retries import RetryPolicy
 
@@ -175,9 +174,9 @@ class Sender:
             metrics.DEVICES.labels(_kind(outcome), outcome.device.transport, _reason(outcome)).inc()
             if not isinstance(outcome, Deferred):
                 tally.add(outcome)
-        offset_key = None if item.utc_offset_min is None else js_number_string(item.utc_offset_min / 60)
         counted = tally.sent + tally.failed
-        if await store.record_unit(item.push_id, item.unit, tally.increments(offset_key), counted):
+        increments = tally.increments(utc_offset_key(item.utc_offset_min))
+        if await store.record_unit(item.push_id, item.unit, increments, counted):
             metrics.BATCHES.labels("recorded").inc()
             if await store.try_finalize(item.push_id):
                 metrics.PUSHES_FINISHED.labels("succeeded").inc()

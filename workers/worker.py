@@ -19,9 +19,12 @@ from pushgw.logs import get_logger
 from pushgw.messages import PlanPush, SendBatch, UnknownWorkItem, parse_work_item
 from pushgw.mongo import app_database
 from pushgw.settings import Settings
+from workers.dead_letters import DEAD_ROUTE, DeadLetters
 from workers.planner import Planner
 from workers.providers.provider import Provider
+from workers.scheduler import Scheduler
 from workers.sender import Sender
+from workers.watchdog import Watchdog
 
 log = get_logger(__name__)
 _INFRA_ERRORS = (PyMongoError, PublishError, OSError, asyncio.TimeoutError)
@@ -40,6 +43,10 @@ class Worker:
         broker = connections.broker
         self.planner = Planner(settings.worker, broker, clock, self.owner)
         self.sender = Sender(settings.worker, broker, providers, clock)
+        databases = {app.app_id: app_database(connections.mongo, app) for app in settings.apps}
+        self.dead_letters = DeadLetters(settings, databases, clock)
+        self.scheduler = Scheduler(settings, connections, clock)
+        self.watchdog = Watchdog(settings, connections, clock, self.dead_letters)
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._consumers: list[Consumer] = []
 
@@ -48,6 +55,7 @@ class Worker:
         self._consumers = [
             await broker.consume(PLAN, self._handle, prefetch=prefetch),
             await broker.consume(SEND, self._handle, prefetch=prefetch),
+            await broker.consume(DEAD_ROUTE, self.dead_letters.keep, prefetch=prefetch),
         ]
         log.info("worker_started", owner=self.owner, transports=sorted(self._providers))
 
@@ -129,8 +137,10 @@ async def run_worker_until(
     """Run one worker until `stop` is set, then drain."""
     worker = Worker(settings, connections, providers, clock)
     await worker.start()
+    loops = [asyncio.create_task(worker.scheduler.run(stop)), asyncio.create_task(worker.watchdog.run(stop))]
     await stop.wait()
     await worker.drain()
+    await asyncio.gather(*loops)
     for provider in {id(p): p for p in providers.values()}.values():
         with contextlib.suppress(Exception):
             await provider.close()

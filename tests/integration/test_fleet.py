@@ -14,7 +14,11 @@ from tests.fixtures.gateway import RunningGateway, SettingsFactory, app_config
 from tests.fixtures.parse_data import installation, seed_schema, user
 from tests.fixtures.waiting import until
 
-MASTER = {"X-Parse-Application-Id": "app1", "X-Parse-Master-Key": "master1", "Content-Type": "application/json"}
+MASTER = {
+    "X-Parse-Application-Id": "app1",
+    "X-Parse-Master-Key": "master1",
+    "Content-Type": "application/json",
+}
 FLEET = {"batch_size": 3, "delay_tiers_s": [1, 2], "requeue_delay_s": 0.1, "scheduler_interval_s": 0.2}
 RECORD_ALL = {"transports": ["apns", "fcm", "ppns"]}
 
@@ -40,7 +44,9 @@ def fleet(
     gateway_factory: Callable[[Settings], RunningGateway],
     worker_factory: Callable[..., RunningWorker],
 ) -> Callable[..., tuple[RunningGateway, RunningWorker, Settings]]:
-    def start(apps: list[dict[str, Any]] | None = None, **sections: Any) -> tuple[RunningGateway, RunningWorker, Settings]:
+    def start(
+        apps: list[dict[str, Any]] | None = None, **sections: Any
+    ) -> tuple[RunningGateway, RunningWorker, Settings]:
         sections.setdefault("worker", FLEET)
         sections.setdefault("recording", RECORD_ALL)
         settings = make_settings(apps, **sections)
@@ -49,7 +55,9 @@ def fleet(
     return start
 
 
-def test_channels_push_reaches_every_transport_and_counts_exactly(fleet: Any, mongo: Any, db_name: str) -> None:
+def test_channels_push_reaches_every_transport_and_counts_exactly(
+    fleet: Any, mongo: Any, db_name: str
+) -> None:
     database = mongo[db_name]
     seed_schema(database)
     devices = [
@@ -90,7 +98,7 @@ def test_empty_audience_succeeds_with_nothing_sent(fleet: Any, mongo: Any, db_na
 
 
 def test_unknown_operator_fails_the_push_with_107(fleet: Any, mongo: Any, db_name: str) -> None:
-    gateway, worker, _ = fleet()
+    gateway, _, _ = fleet()
     row = final_status(mongo, db_name, send(gateway, {"where": {"deviceType": {"$foo": 1}}}))
     assert row["status"] == "failed"
     assert row["errorMessage"] == {"code": 107, "message": "bad constraint: $foo"}
@@ -108,7 +116,9 @@ def test_pointer_and_in_query_audiences(fleet: Any, mongo: Any, db_name: str) ->
     gateway, worker, _ = fleet()
     pointer = {"user": {"__type": "Pointer", "className": "_User", "objectId": alice["_id"]}}
     first = send(gateway, {"where": pointer, "data": {"alert": "a"}})
-    second = send(gateway, {"where": {"user": {"$inQuery": {"className": "_User", "where": {"username": "bob"}}}}})
+    second = send(
+        gateway, {"where": {"user": {"$inQuery": {"className": "_User", "where": {"username": "bob"}}}}}
+    )
     assert final_status(mongo, db_name, first)["numSent"] == 1
     assert final_status(mongo, db_name, second)["numSent"] == 1
     assert worker.delivered(first) == [to_alice["_id"]]
@@ -117,17 +127,29 @@ def test_pointer_and_in_query_audiences(fleet: Any, mongo: Any, db_name: str) ->
 
 def test_badge_increment_gives_each_device_its_own_value_once(fleet: Any, mongo: Any, db_name: str) -> None:
     database = mongo[db_name]
-    devices = [installation("ios", badge=3), installation("ios"), installation("android", badge=1), installation("embedded")]
+    devices = [
+        installation("ios", badge=3),
+        installation("ios"),
+        installation("android", badge=1),
+        installation("embedded"),
+    ]
     database["_Installation"].insert_many(devices)
     gateway, worker, _ = fleet()
     push_id = send(gateway, {"where": {}, "data": {"alert": "hi", "badge": "Increment"}})
     assert final_status(mongo, db_name, push_id)["numSent"] == 4
     badges = {d["_id"]: d.get("badge") for d in database["_Installation"].find()}
-    assert badges == {devices[0]["_id"]: 4, devices[1]["_id"]: 1, devices[2]["_id"]: 2, devices[3]["_id"]: None}
-    sent = {n.device.object_id: n.data for pid, n, _ in worker.recorder.deliveries if pid == push_id}
+    assert badges == {
+        devices[0]["_id"]: 4,
+        devices[1]["_id"]: 1,
+        devices[2]["_id"]: 2,
+        devices[3]["_id"]: None,
+    }
+    sent = worker.payloads(push_id)
     assert sent[devices[0]["_id"]]["badge"] == 4 and sent[devices[1]["_id"]]["badge"] == 1
     assert "badge" not in sent[devices[3]["_id"]]  # no token, no badge: "Increment" is not a value
-    amount = send(gateway, {"where": {"deviceType": "ios"}, "data": {"badge": {"__op": "Increment", "amount": 5}}})
+    amount = send(
+        gateway, {"where": {"deviceType": "ios"}, "data": {"badge": {"__op": "Increment", "amount": 5}}}
+    )
     final_status(mongo, db_name, amount)
     assert database["_Installation"].find_one({"_id": devices[0]["_id"]})["badge"] == 9
 
@@ -137,7 +159,9 @@ def test_invalid_badge_types_fail_the_push_like_parse(fleet: Any, mongo: Any, db
     gateway, _, _ = fleet()
     row = final_status(mongo, db_name, send(gateway, {"where": {}, "data": {"badge": "5"}}))
     assert (row["status"], row["errorMessage"]["code"]) == ("failed", 111)
-    row = final_status(mongo, db_name, send(gateway, {"where": {}, "data": {"badge": {"__op": "Increment", "amount": "3"}}}))
+    row = final_status(
+        mongo, db_name, send(gateway, {"where": {}, "data": {"badge": {"__op": "Increment", "amount": "3"}}})
+    )
     assert row["errorMessage"] == {"code": 107, "message": "incrementing must provide a number"}
 
 
@@ -146,9 +170,11 @@ def test_localized_alerts_by_locale_prefix(fleet: Any, mongo: Any, db_name: str)
                installation("ios", localeIdentifier="en-US"), installation("ios")]  # fmt: skip
     mongo[db_name]["_Installation"].insert_many(devices)
     gateway, worker, _ = fleet()
-    push_id = send(gateway, {"where": {}, "data": {"alert": "Hello", "alert-fr": "Bonjour", "title-fr": "Titre"}})
+    push_id = send(
+        gateway, {"where": {}, "data": {"alert": "Hello", "alert-fr": "Bonjour", "title-fr": "Titre"}}
+    )
     final_status(mongo, db_name, push_id)
-    sent = {n.device.object_id: n.data for pid, n, _ in worker.recorder.deliveries if pid == push_id}
+    sent = worker.payloads(push_id)
     assert sent[devices[0]["_id"]] == {"alert": "Bonjour", "title": "Titre"}
     assert sent[devices[1]["_id"]] == {"alert": "Bonjour", "title": "Titre"}
     assert sent[devices[2]["_id"]] == {"alert": "Hello"}

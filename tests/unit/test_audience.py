@@ -47,15 +47,15 @@ PPNS_REACHABLE = {
 ALICE = {"__type": "Pointer", "className": "_User", "objectId": "DnFY6KcKrH"}
 
 # Documents as MongoDB stores them (contract §7.3), for the stand-in below.
-USERS = [
+USERS: list[dict[str, Any]] = [
     {"_id": "DnFY6KcKrH", "username": "alice", "tags": ["vip"], "_auth_data_facebook": {"id": "fb-1"}},
     {"_id": "nhVNlGvcdc", "username": "bob", "tags": [], "_p_boss": "_User$DnFY6KcKrH"},
 ]
-SESSIONS = [
-    {"_id": "wfhYT6u3AR", "_p_user": "_User$DnFY6KcKrH"},
-    {"_id": "s2", "_p_user": "_User$nhVNlGvcdc"},
+SESSIONS: list[dict[str, Any]] = [
+    {"_id": "wfhYT6u3AR", "_session_token": "r:0be9", "_p_user": "_User$DnFY6KcKrH"},
+    {"_id": "s2", "_session_token": "r:77aa", "_p_user": "_User$nhVNlGvcdc"},
 ]
-INSTALLATIONS = [
+INSTALLATIONS: list[dict[str, Any]] = [
     {"_id": "LkZekF55aD", "deviceType": "ios", "deviceToken": "0123", "channels": ["news", "sports"]},
     {"_id": "DIED88CjaD", "deviceType": "android", "deviceToken": "fcm-1", "pushType": "gcm", "channels": ["news"]},
     {"_id": "eYygiNDRhU", "deviceType": "ios", "deviceToken": "fedc", "channels": ["news"], "_p_user": "_User$DnFY6KcKrH"},
@@ -364,6 +364,18 @@ def test_all_with_regexes_becomes_bson_regexes() -> None:
     assert translate(where) == {"channels": {"$all": [Regex("^\\Qne\\E"), Regex("^\\Qsp\\E")]}}
 
 
+def test_regex_objects_in_array_field_operators_become_bson_regexes() -> None:
+    assert translate({"channels": {"$in": [{"$regex": "^ne"}]}}) == {"channels": {"$in": [Regex("^ne")]}}
+
+
+def test_regex_object_inside_in_on_plain_field_is_a_bad_atom() -> None:
+    assert query_error({"appName": {"$in": [{"$regex": "^my"}]}}) == (107, 'bad atom: {"$regex":"^my"}')
+
+
+def test_all_with_a_non_string_regex_is_rejected() -> None:
+    assert query_error({"channels": {"$all": [{"$regex": 5}]}}) == (107, "bad regex: 5")
+
+
 def test_all_mixing_regexes_and_values_is_rejected() -> None:
     code, message = query_error({"channels": {"$all": [{"$regex": "^a"}, "b"]}})
     assert code == 107
@@ -439,6 +451,14 @@ def test_date_objects_become_aware_utc_datetimes_at_millisecond_precision() -> N
     moment = translate(where)["lastSeen"]["$lt"]
     assert moment == datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
     assert moment.tzinfo is UTC
+
+
+def test_zone_less_now_is_taken_as_utc() -> None:
+    naive_now = NOW.replace(tzinfo=None)
+    where = {"createdAt": {"$lt": {"$relativeTime": "now"}}}
+    assert asyncio.run(translate_where(where, INSTALLATION, FakeDatabase(), now=naive_now)) == {
+        "_created_at": {"$lt": NOW}
+    }
 
 
 def test_zone_less_date_is_taken_as_utc() -> None:
@@ -660,6 +680,22 @@ def test_select_object_ids_match_a_pointer_field() -> None:
     assert translate(where) == {"_p_user": {"$in": ["_User$nhVNlGvcdc"]}}
 
 
+def test_select_subquery_maps_session_token_to_its_storage_name() -> None:
+    db = FakeDatabase()
+    query = {"className": "_Session", "where": {"sessionToken": "r:77aa"}}
+    assert translate({"user": {"$select": {"query": query, "key": "user"}}}, db) == {
+        "_p_user": {"$in": ["_User$nhVNlGvcdc"]}
+    }
+    assert db.distinct_calls == [("_Session", {"_session_token": "r:77aa"}, "_p_user")]
+
+
+def test_subquery_inside_or_branch_is_resolved() -> None:
+    where = {"$or": [{"deviceType": "embedded"}, {"user": {"$inQuery": {"className": "_User", "where": {}}}}]}
+    assert translate(where) == {
+        "$or": [{"deviceType": "embedded"}, {"_p_user": {"$in": ["_User$DnFY6KcKrH", "_User$nhVNlGvcdc"]}}]
+    }
+
+
 def test_dont_select_excludes_plain_values() -> None:
     db = FakeDatabase()
     where = {"appName": {"$dontSelect": {"query": {"className": "_User"}, "key": "username"}}}
@@ -790,14 +826,18 @@ def test_schema_from_installation_document() -> None:
 
 def test_schema_without_document_knows_only_builtin_dates() -> None:
     schema = ClassSchema.from_document(None)
-    assert (dict(schema.pointers), schema.arrays, schema.dates) == ({}, set(), {"createdAt", "updatedAt"})
+    assert dict(schema.pointers) == {}
+    assert schema.arrays == frozenset()
+    assert schema.dates == {"createdAt", "updatedAt"}
 
 
 def test_schema_ignores_relations_metadata_and_non_strings() -> None:
     schema = ClassSchema.from_document(
         {"_id": "_Role", "_metadata": {"indexes": {}}, "users": "relation<_User>", "odd": 5, "boss": "*_User"}
     )
-    assert (dict(schema.pointers), schema.arrays) == ({"boss": "_User"}, set())
+    assert dict(schema.pointers) == {"boss": "_User"}
+    assert schema.arrays == frozenset()
+    assert schema.dates == {"createdAt", "updatedAt"}
 
 
 # ---- robustness ----

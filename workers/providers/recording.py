@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,11 +18,20 @@ from workers.providers.provider import Notification, PushContext
 RECORDED_COLLECTION = "pushgw_recorded"
 
 
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    push_id: str
+    notification: Notification
+    at: datetime
+    expiry_ms: float | None
+
+
 class RecordingProvider:
     """For tests, benchmarks and `pushgw dev`: every delivery is kept in memory or in `pushgw_recorded`.
 
-    `fail_tokens` maps a token (or installation id) prefix to `failed:<Reason>` or
-    `deferred:<Reason>[:<retry_after_s>]`, so tests can script provider answers.
+    `fail_tokens` maps a token (or installation id) prefix to `failed:<Reason>`,
+    `deferred:<Reason>[:<retry_after_s>]` or `raise:<message>` (a provider bug), so tests can script
+    provider answers; `latency_ms` makes every call take that long, like a remote service.
     """
 
     transport = "recording"
@@ -31,18 +42,22 @@ class RecordingProvider:
         *,
         fail_tokens: dict[str, str] | None = None,
         databases: dict[str, AsyncDatabase[Document]] | None = None,
+        latency_ms: int = 0,
     ) -> None:
         self._clock = clock
         self._fail_tokens = fail_tokens or {}
         self._databases = databases
-        self.deliveries: list[tuple[str, Notification, datetime]] = []
+        self._latency_s = latency_ms / 1000
+        self.deliveries: list[Recorded] = []
 
     async def send(self, push: PushContext, notifications: Sequence[Notification]) -> list[Outcome]:
+        if self._latency_s:
+            await asyncio.sleep(self._latency_s)  # simulated network round trip
         now = self._clock.now()
         outcomes = [self._outcome(notification) for notification in notifications]
         delivered = [n for n, o in zip(notifications, outcomes, strict=True) if isinstance(o, Sent)]
         if self._databases is None:
-            self.deliveries.extend((push.push_id, notification, now) for notification in delivered)
+            self.deliveries.extend(Recorded(push.push_id, n, now, push.expiry_ms) for n in delivered)
         elif delivered:
             collection = self._databases[push.app_id].get_collection(RECORDED_COLLECTION)
             await collection.insert_many([_record(push, notification, now) for notification in delivered])
@@ -55,6 +70,8 @@ class RecordingProvider:
             if address.startswith(prefix):
                 kind, _, rest = script.partition(":")
                 reason, _, after = rest.partition(":")
+                if kind == "raise":
+                    raise RuntimeError(f"scripted provider failure: {rest}")
                 if kind == "deferred":
                     return Deferred(device, reason or "transient", float(after) if after else None)
                 return Failed(device, reason or "failed")

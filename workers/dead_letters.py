@@ -1,0 +1,119 @@
+"""Dead-lettered work: kept in `pushgw_dead` for `pushgw dlq`, finalized as failed after a grace period."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import timedelta
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from pushgw import metrics
+from pushgw.broker import PLAN, SEND, Broker, Delivery
+from pushgw.clock import Clock
+from pushgw.logs import get_logger
+from pushgw.messages import PlanPush, SendBatch, UnknownWorkItem, parse_work_item
+from pushgw.mongo import Document
+from pushgw.push_status import COLLECTION, StatusStore
+from pushgw.settings import Settings
+from workers.outcomes import Failed, Reason, Tally, utc_offset_key
+
+log = get_logger(__name__)
+DEAD = "pushgw_dead"
+DEAD_ROUTE = "dead"
+
+
+def dead_collection(database: AsyncDatabase[Document]) -> AsyncCollection[Document]:
+    return database.get_collection(DEAD)
+
+
+def dead_id(item: PlanPush | SendBatch) -> str:
+    return f"{item.push_id}:{item.unit if isinstance(item, SendBatch) else 'plan'}"
+
+
+class DeadLetters:
+    """Moves the dead-letter queue into MongoDB, where operators can list and replay it."""
+
+    def __init__(
+        self, settings: Settings, databases: dict[str, AsyncDatabase[Document]], clock: Clock
+    ) -> None:
+        self._settings = settings
+        self._databases = databases
+        self._clock = clock
+
+    async def keep(self, delivery: Delivery) -> None:
+        """Consumer for `<prefix>.dead`: store the message, then ack it."""
+        try:
+            item = parse_work_item(delivery.body)
+        except UnknownWorkItem:
+            log.error("dead_letter_unreadable", body=delivery.body[:200].decode(errors="replace"))
+            await delivery.ack()
+            return
+        database = self._databases.get(item.app_id)
+        if database is None:
+            log.error("dead_letter_unknown_app", app_id=item.app_id, push_id=item.push_id)
+            await delivery.ack()
+            return
+        document = {
+            "_id": dead_id(item), "app_id": item.app_id, "push_id": item.push_id, "kind": item.kind,
+            "route": PLAN if isinstance(item, PlanPush) else SEND, "body": delivery.body.decode(),
+            "dead_at": self._clock.now(), "finalized": False,
+        }  # fmt: skip
+        with contextlib.suppress(DuplicateKeyError):  # the same unit died twice: one entry is enough
+            await dead_collection(database).insert_one(document)
+        metrics.DEAD_LETTERS.labels(item.kind).inc()
+        log.error("work_item_dead_lettered", push_id=item.push_id, kind=item.kind, id=document["_id"])
+        await delivery.ack()
+
+    async def finalize_expired(self) -> None:
+        """After the grace period a dead unit's devices count as failed (and a dead plan fails its push)."""
+        cutoff = self._clock.now() - timedelta(seconds=self._settings.worker.dead_letter_grace_s)
+        for app in self._settings.apps:
+            database = self._databases[app.app_id]
+            store = StatusStore(database.get_collection(app.collection_prefix + COLLECTION), self._clock)
+            async for entry in dead_collection(database).find(
+                {"finalized": False, "dead_at": {"$lte": cutoff}}
+            ):
+                await finalize(entry, store)
+                await dead_collection(database).update_one(
+                    {"_id": entry["_id"]}, {"$set": {"finalized": True}}
+                )
+
+
+async def finalize(entry: Document, store: StatusStore) -> None:
+    item = parse_work_item(entry["body"].encode())
+    if isinstance(item, PlanPush):
+        await store.fail(item.push_id, 1, "planning was dead-lettered after repeated failures")
+        return
+    tally = Tally()
+    for device in item.devices:
+        tally.add(Failed(device, Reason.DEAD_LETTERED))
+    if await store.record_unit(
+        item.push_id, item.unit, tally.increments(utc_offset_key(item.utc_offset_min)), len(item.devices)
+    ):
+        await store.try_finalize(item.push_id)
+
+
+async def replay(broker: Broker, database: AsyncDatabase[Document], entry_id: str) -> str:
+    """Re-publish one kept message to its queue and forget it; refused once it was finalized."""
+    collection = dead_collection(database)
+    entry = await collection.find_one({"_id": entry_id})
+    if entry is None:
+        return "not found"
+    if entry["finalized"]:
+        return "already finalized (its devices were counted failed); not replayed"
+    await broker.publish(entry["route"], entry["body"].encode(), message_id=entry_id)
+    await collection.delete_one({"_id": entry_id, "finalized": False})
+    return "replayed"
+
+
+def describe(entry: Document) -> dict[str, Any]:
+    body = json.loads(entry["body"])
+    return {
+        "id": entry["_id"], "app_id": entry["app_id"], "push_id": entry["push_id"], "kind": entry["kind"],
+        "devices": len(body.get("devices", [])), "dead_at": entry["dead_at"].isoformat(),
+        "finalized": entry["finalized"],
+    }  # fmt: skip

@@ -1,0 +1,107 @@
+"""Keeps every push moving to a final status: re-plans abandoned plans, fails stuck pushes, ends dead work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import PyMongoError
+
+from pushgw import metrics
+from pushgw.broker import PLAN, PublishError
+from pushgw.clock import Clock
+from pushgw.connections import Connections
+from pushgw.logs import get_logger
+from pushgw.messages import PlanPush
+from pushgw.mongo import Document, app_database
+from pushgw.push_status import COLLECTION, OWN, fail_push, plan_from_status
+from pushgw.settings import AppSettings, Settings
+from workers.dead_letters import DeadLetters
+from workers.scheduler import parse_push_time, zone_groups
+
+log = get_logger(__name__)
+
+
+class Watchdog:
+    """Runs in every worker; each action is idempotent, so several watchdogs never conflict."""
+
+    def __init__(self, settings: Settings, connections: Connections, clock: Clock, dead: DeadLetters) -> None:
+        self._settings = settings
+        self._connections = connections
+        self._clock = clock
+        self._dead = dead
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except (PyMongoError, PublishError, OSError) as error:
+                log.warning("watchdog_tick_failed", error=str(error))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.worker.watchdog_interval_s)
+
+    async def tick(self) -> None:
+        for app in self._settings.apps:
+            collection = app_database(self._connections.mongo, app).get_collection(
+                app.collection_prefix + COLLECTION
+            )
+            await self._replan_abandoned(app, collection)
+            await self._fail_stale(collection)
+        await self._dead.finalize_expired()
+
+    async def _replan_abandoned(self, app: AppSettings, collection: AsyncCollection[Document]) -> None:
+        """A plan whose worker died keeps its lease only until it expires; then anyone may resume it."""
+        quiet_since = self._clock.now() - timedelta(seconds=self._settings.worker.planner_lease_s)
+        query = {"status": "running", f"{OWN}.progress_at": {"$lt": quiet_since}}
+        async for document in collection.find(query):
+            own = document.get(OWN, {})
+            if own.get("plans_done", 0) >= own.get("plans_expected", 1):
+                continue  # planning finished: the remaining units are in the queues
+            for item in _unfinished_plans(document, app.app_id):
+                await self._connections.broker.publish(
+                    PLAN, item.to_bytes(), message_id=f"{item.push_id}:replan"
+                )
+                log.warning("plan_requeued", push_id=item.push_id, utc_offset_min=item.utc_offset_min)
+
+    async def _fail_stale(self, collection: AsyncCollection[Document]) -> None:
+        now, worker = self._clock.now(), self._settings.worker
+        never_started = {
+            "status": "pending",
+            "_created_at": {"$lt": now - timedelta(seconds=worker.stale_pending_s)},
+        }
+        async for document in collection.find(never_started, {"_id": 1}):
+            message = f"never picked up by a worker within {worker.stale_pending_s:g}s"
+            await self._fail(collection, document["_id"], message)
+        stalled = {
+            "status": "running",
+            f"{OWN}.progress_at": {"$lt": now - timedelta(seconds=worker.stalled_running_s)},
+        }
+        async for document in collection.find(stalled, {"_id": 1, OWN: 1}):
+            own = document.get(OWN, {})
+            counted = f"{own.get('devices_done', 0)} of {own.get('audience', '?')} devices accounted for"
+            await self._fail(
+                collection,
+                document["_id"],
+                f"stalled: no progress for {worker.stalled_running_s:g}s; {counted}",
+            )
+
+    async def _fail(self, collection: AsyncCollection[Document], push_id: str, message: str) -> None:
+        if await fail_push(collection, push_id, 1, message):
+            metrics.PUSHES_FINISHED.labels("failed").inc()
+            log.error("push_failed_by_watchdog", push_id=push_id, reason=message)
+
+
+def _unfinished_plans(document: Document, app_id: str) -> list[PlanPush]:
+    own = document.get(OWN, {})
+    plans = own.get("plans", {})
+    moment, is_local = parse_push_time(document["pushTime"])
+    if not is_local or "groups" not in own:
+        return [] if plans.get("all", {}).get("done") else [plan_from_status(document, app_id)]
+    items: list[PlanPush] = []
+    for offset, zones in zone_groups(moment).items():
+        key = f"utc{offset:+d}"
+        if key in own["groups"] and not plans.get(key, {}).get("done"):
+            items.append(plan_from_status(document, app_id, utc_offset_min=offset, time_zones=list(zones)))
+    return items
