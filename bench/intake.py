@@ -552,7 +552,7 @@ def start_profiler(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes
     say(f"py-spy recording pid {pid} into {args.profile}")
     return subprocess.Popen(
         [py_spy, "record", "--pid", str(pid), "--duration", str(int(args.duration)), "--rate", str(PROFILE_RATE_HZ),
-         "--nonblocking", "--nolineno", "--format", "raw", "--output", args.profile],
+         "--nolineno", "--format", "raw", "--output", args.profile],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
 

@@ -238,6 +238,18 @@ class RabbitBroker:
         self._connection = self._channel = self._exchange = self._delay_exchange = None
 
 
+def _log_connect_failure(error: BaseException) -> None:
+    if "PRECONDITION_FAILED" in str(error):
+        # A queue exists with other arguments (e.g. queue.delivery_limit changed): RabbitMQ cannot alter it.
+        log.error(
+            "queue_arguments_mismatch",
+            error=str(error),
+            fix="delete the named queue (after draining it) or restore the previous queue settings",
+        )
+        return
+    log.warning("broker_unreachable", error=str(error))
+
+
 class _RabbitDelivery:
     def __init__(self, message: AbstractIncomingMessage) -> None:
         self._message = message

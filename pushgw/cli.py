@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import uvicorn
 import uvloop
 from pydantic import SecretStr
+from pymongo.errors import PyMongoError
 
 from pushgw import push_commands
 from pushgw.app import build_app
@@ -100,15 +101,22 @@ async def _operator(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError("queue.url is memory://: a separate process cannot reach `pushgw dev`'s queue")
     connections = await Connections.open(settings)
     try:
-        if args.command == "push" and args.action == "status":
-            return await push_commands.push_status(settings, connections, args.push_id, wait=not args.no_wait)
-        if args.command == "push":
-            return await push_commands.push_cancel(settings, connections, args.push_id, SystemClock())
-        if args.action == "list":
-            return await push_commands.dlq_list(settings, connections)
-        return await push_commands.dlq_replay(settings, connections, args.ids, args.all)
+        return await _operate(settings, args, connections)
+    except (PushgwError, PyMongoError) as error:
+        print(f"pushgw {args.command} {args.action}: {error}", file=sys.stderr)
+        return 1
     finally:
         await connections.close()
+
+
+async def _operate(settings: Settings, args: argparse.Namespace, connections: Connections) -> int:
+    if args.command == "push" and args.action == "status":
+        return await push_commands.push_status(settings, connections, args.push_id, wait=not args.no_wait)
+    if args.command == "push":
+        return await push_commands.push_cancel(settings, connections, args.push_id, SystemClock())
+    if args.action == "list":
+        return await push_commands.dlq_list(settings, connections)
+    return await push_commands.dlq_replay(settings, connections, args.ids, args.all)
 
 
 def run_serve(settings: Settings, _: argparse.Namespace) -> int:

@@ -2,55 +2,51 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, NoReturn, Protocol
+from typing import Any, Protocol
 
-from bson.binary import Binary
 from bson.regex import Regex
 
-from pushgw.errors import INVALID_JSON, INVALID_QUERY, PushgwError
-from pushgw.parse_quirks import IGNORED_QUERY_KEYS, js_json, js_number, js_string, js_truthy
+from pushgw.errors import INVALID_JSON, INVALID_KEY_NAME, INVALID_QUERY
+from pushgw.parse_quirks import IGNORED_QUERY_KEYS, js_string, js_truthy
+from workers.query_values import (
+    NEAR_SPHERE_KEYS,
+    NOT_ATOM,
+    QueryError,
+    geo_constraint,
+    has_type,
+    interior,
+    member,
+    near_sphere,
+    parse_iso,
+    regex_source,
+    relative_time,
+    render,
+    top_atom,
+    utc_ms,
+)
 
-INVALID_KEY_NAME = 105
+__all__ = [
+    "INVALID_KEY_NAME",
+    "ClassSchema",
+    "QueryError",
+    "SubqueryRunner",
+    "audience_filter",
+    "badge_filter",
+    "channels_where",
+    "translate_where",
+]
+
 _MAX_DEPTH = 32  # nested $or/$and/$nor and subqueries; each subquery level costs a database round trip
-_NOT_ATOM = object()
 _AUTH_DATA_KEY = re.compile(r"authData\.([a-zA-Z0-9_]+)\.id")
 _BRANCHES = {"$or": "an array value", "$and": "an array value", "$nor": "an array of at least 1 value"}
 _SUBQUERIES = {"$inQuery": "$in", "$notInQuery": "$nin", "$select": "$in", "$dontSelect": "$nin"}
 _COMPARISONS = ("$lt", "$lte", "$gt", "$gte")
-# Parse walks a constraint's keys in reverse alphabetical order, so of several distances the first here wins.
-_DISTANCE_UNITS = {
-    "$maxDistance": 1,
-    "$maxDistanceInKilometers": 6371,
-    "$maxDistanceInMiles": 3959,
-    "$maxDistanceInRadians": 1,
-}
-_NEAR_SPHERE_KEYS = frozenset({"$nearSphere", *_DISTANCE_UNITS})
-_UNIT_SECONDS = {
-    **dict.fromkeys(("yr", "yrs", "year", "years"), 31_536_000),
-    **dict.fromkeys(("wk", "wks", "week", "weeks"), 604_800),
-    **dict.fromkeys(("d", "day", "days"), 86_400),
-    **dict.fromkeys(("hr", "hrs", "hour", "hours"), 3_600),
-    **dict.fromkeys(("min", "mins", "minute", "minutes"), 60),
-    **dict.fromkeys(("sec", "secs", "second", "seconds"), 1),
-}
-
-
-class QueryError(PushgwError):
-    """A Parse query error; the push fails with `{"code", "message"}` as its errorMessage (§9.5)."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +98,7 @@ async def translate_where(
 ) -> dict[str, Any]:
     """The MongoDB filter for a Parse `where`, subqueries resolved; a bad query raises only QueryError."""
     try:
-        return await _Translation(runner, _utc_ms(now or datetime.now(UTC))).filter_for(where, schema, 0)
+        return await _Translation(runner, utc_ms(now or datetime.now(UTC))).filter_for(where, schema, 0)
     except RecursionError:  # JSON nests deeper than Python recurses: a bad query, not a crash
         raise QueryError(INVALID_JSON, "where nests too deeply") from None
 
@@ -152,7 +148,7 @@ class _Translation:
 
     async def filter_for(self, where: Any, schema: ClassSchema, depth: int) -> dict[str, Any]:
         if not isinstance(where, dict):
-            raise QueryError(INVALID_QUERY, f"where must be a JSON object, not {_render(where)}")
+            raise QueryError(INVALID_QUERY, f"where must be a JSON object, not {render(where)}")
         if depth > _MAX_DEPTH:
             raise QueryError(INVALID_QUERY, f"where nests deeper than {_MAX_DEPTH} levels")
         merged: dict[str, Any] = {}
@@ -185,9 +181,9 @@ class _Translation:
 
     def constraint_clauses(self, field: _Field, constraint: dict[str, Any]) -> list[tuple[str, Any]]:
         near = "$nearSphere" in constraint
-        answer: dict[str, Any] = _near_sphere(constraint) if near else {}
+        answer: dict[str, Any] = near_sphere(constraint) if near else {}
         for op, operand in constraint.items():
-            if near and op in _NEAR_SPHERE_KEYS:
+            if near and op in NEAR_SPHERE_KEYS:
                 continue
             if op not in _OPERATORS:
                 raise QueryError(INVALID_JSON, f"bad constraint: {op}")
@@ -242,9 +238,9 @@ class _Translation:
 
     async def related_ids(self, spec: Any) -> list[Any]:
         owner = spec.get("object") if isinstance(spec, dict) else None
-        if not _has_type(owner, "Pointer") or not _is_name(spec.get("key")):
+        if not has_type(owner, "Pointer") or not _is_name(spec.get("key")):
             raise QueryError(INVALID_QUERY, "improper usage of $relatedTo")
-        owner_class, owner_id = _member(owner, "className", "Pointer"), _member(owner, "objectId", "Pointer")
+        owner_class, owner_id = member(owner, "className", "Pointer"), member(owner, "objectId", "Pointer")
         return await self.runner.related_ids(owner_class, spec["key"], owner_id)
 
 
@@ -276,19 +272,19 @@ def _field_for(name: str, schema: ClassSchema) -> _Field:
 def _storage_key(field: _Field, value: Any) -> str:
     operands = [value.get(op) for op in ("$in", "$nin", "$ne", "$eq")] if _is_constraint(value) else [value]
     items = [item for operand in operands for item in (operand if isinstance(operand, list) else [operand])]
-    has_pointer = field.may_be_pointer and any(_has_type(item, "Pointer") for item in items)
+    has_pointer = field.may_be_pointer and any(has_type(item, "Pointer") for item in items)
     return "_p_" + field.key if field.target or has_pointer else field.key
 
 
 def _equality(field: _Field, value: Any) -> Any:
     if field.is_array and not isinstance(value, list):
-        return {"$all": [_interior(value)]}
+        return {"$all": [interior(value)]}
     if field.is_interior:
-        return _interior(value)  # an array compared with an array field: exact equality, as in MongoDB
+        return interior(value)  # an array compared with an array field: exact equality, as in MongoDB
     if field.parses_iso and isinstance(value, str):
-        return _parse_iso(value)
-    atom = _top_atom(value, None)
-    if atom is _NOT_ATOM:
+        return parse_iso(value)
+    atom = top_atom(value, None)
+    if atom is NOT_ATOM:
         raise QueryError(INVALID_JSON, f"You cannot use {js_string(value)} as a query parameter.")
     return atom
 
@@ -302,32 +298,7 @@ def _compare(op: str, operand: Any, field: _Field, now: datetime) -> dict[str, A
         raise QueryError(
             INVALID_JSON, "$relativeTime can only be used with the $lt, $lte, $gt, and $gte operators"
         )
-    try:
-        return {op: now + timedelta(seconds=_relative_seconds(operand["$relativeTime"]))}
-    except (QueryError, OverflowError) as error:
-        reason = error.message if isinstance(error, QueryError) else "The date is out of range."
-        raise QueryError(INVALID_JSON, f"bad $relativeTime ({op}) value. {reason}") from None
-
-
-def _relative_seconds(text: Any) -> int:
-    """Utils.relativeTimeToDate: "in 2 days", "3 hrs 4 mins ago" or "now", as signed seconds from now."""
-    text = text.lower() if isinstance(text, str) else _fail("$relativeTime should be a string")
-    parts = [part for part in text.split(" ") if part]
-    future, past = parts[:1] == ["in"], parts[-1:] == ["ago"]
-    if not future and not past and text != "now":
-        _fail("Time should either start with 'in' or end with 'ago'")
-    if future and past:
-        _fail("Time cannot have both 'in' and 'ago'")
-    parts = parts[1:] if future else parts[:-1]
-    if len(parts) % 2:
-        _fail("Invalid time string. Dangling unit or number.")
-    seconds = 0
-    for number, unit in zip(parts[::2], parts[1::2], strict=True):
-        value = js_number(number)
-        if not (math.isfinite(value) and value.is_integer()):
-            _fail(f"'{number}' is not an integer.")
-        seconds += int(value) * (_UNIT_SECONDS.get(unit) or _fail(f"Invalid interval: '{unit}'"))
-    return seconds if future else -seconds
+    return {op: relative_time(op, operand["$relativeTime"], now)}
 
 
 def _membership(op: str, operand: Any, field: _Field, now: datetime) -> dict[str, Any]:
@@ -346,15 +317,15 @@ def _membership(op: str, operand: Any, field: _Field, now: datetime) -> dict[str
 def _contains_all(op: str, operand: Any, field: _Field, now: datetime) -> dict[str, Any]:
     if not isinstance(operand, list):
         raise QueryError(INVALID_JSON, f"bad {op} value")
-    values = _interior(operand)
+    values = interior(operand)
     if 0 < sum(isinstance(value, Regex) for value in values) < len(values):
-        raise QueryError(INVALID_JSON, f"All $all values must be of regex type or none: {_render(operand)}")
+        raise QueryError(INVALID_JSON, f"All $all values must be of regex type or none: {render(operand)}")
     return {op: values}
 
 
 def _pattern(op: str, operand: Any, field: _Field, now: datetime) -> dict[str, Any]:
     if op == "$regex":
-        return {op: _regex_source(operand)}
+        return {op: regex_source(operand)}
     if op == "$options" and not (isinstance(operand, str) and re.fullmatch(r"[imxs]+", operand)):
         raise QueryError(INVALID_QUERY, f"Bad $options value for query: {js_string(operand)}")
     return {op: operand}
@@ -378,31 +349,8 @@ def _text(op: str, operand: Any, field: _Field, now: datetime) -> dict[str, Any]
     return {op: {"$search": search["$term"], **given}}
 
 
-def _near_sphere(constraint: dict[str, Any]) -> dict[str, Any]:
-    """$nearSphere as Parse counts it: a $centerSphere needs no geo index (§7.5) and works in a count."""
-    name = next((name for name in _DISTANCE_UNITS if name in constraint), None)
-    # Without a distance $nearSphere only orders by distance; a radius of pi radians covers the whole sphere.
-    radius = _distance(name, constraint[name]) / _DISTANCE_UNITS[name] if name else math.pi
-    return {"$geoWithin": {"$centerSphere": [_geo_pair(constraint["$nearSphere"]), radius]}}
-
-
 def _geo(op: str, operand: Any, field: _Field, now: datetime) -> dict[str, Any]:
-    """$geoIntersects {$point}; $within {$box} and $geoWithin {$polygon | $centerSphere} as $geoWithin."""
-    spec = operand if isinstance(operand, dict) else {}
-    if op == "$geoIntersects":
-        return {op: {"$geometry": {"type": "Point", "coordinates": _geo_pair(spec.get("$point"))}}}
-    if isinstance(spec.get("$box"), list) and len(spec["$box"]) == 2:
-        return {"$geoWithin": {"$box": [_geo_pair(corner) for corner in spec["$box"]]}}
-    polygon: Any = spec.get("$polygon")
-    # Parse hands a Polygon's coordinates over unswapped, so MongoDB reads them as [longitude, latitude].
-    is_object = isinstance(polygon, dict) and polygon.get("__type") == "Polygon"
-    points = polygon.get("coordinates") if is_object else polygon
-    if isinstance(points, list) and len(points) >= 3:
-        return {"$geoWithin": {"$polygon": [_geo_pair(point) for point in points]}}
-    sphere = spec.get("$centerSphere")
-    if polygon is not None or not isinstance(sphere, list) or len(sphere) != 2:
-        raise QueryError(INVALID_JSON, f"bad {op} value; use $box, $polygon (3+ GeoPoints) or $centerSphere")
-    return {"$geoWithin": {"$centerSphere": [_geo_pair(sphere[0]), _distance("$centerSphere", sphere[1])]}}
+    return geo_constraint(op, operand)
 
 
 _OPERATORS: dict[str, Callable[[str, Any, _Field, datetime], dict[str, Any]]] = {
@@ -419,138 +367,16 @@ _OPERATORS: dict[str, Callable[[str, Any, _Field, datetime], dict[str, Any]]] = 
 def _atom(value: Any, field: _Field) -> Any:
     """An operand inside an operator; there a string on a pointer field is an objectId (MongoTransform)."""
     if field.parses_iso and isinstance(value, str):
-        return _parse_iso(value)
-    atom = _interior(value) if field.is_interior else _top_atom(value, field.target)
-    if atom is _NOT_ATOM:
-        raise QueryError(INVALID_JSON, f"bad atom: {_render(value)}")
+        return parse_iso(value)
+    atom = interior(value) if field.is_interior else top_atom(value, field.target)
+    if atom is NOT_ATOM:
+        raise QueryError(INVALID_JSON, f"bad atom: {render(value)}")
     return atom
-
-
-def _top_atom(value: Any, target: str | None) -> Any:
-    if isinstance(value, str):
-        return f"{target}${value}" if target else value
-    if isinstance(value, dict) and isinstance(value.get("__type"), str) and value["__type"] in _TYPED_ATOMS:
-        return _TYPED_ATOMS[value["__type"]](value)
-    # Numbers, booleans, null and values a $select read back from MongoDB are atoms; objects and arrays not.
-    return _NOT_ATOM if isinstance(value, dict | list) else value
-
-
-def _interior(value: Any) -> Any:
-    """A value in an array or sub-document, as stored: Pointers stay objects; Dates, Bytes, $regex convert."""
-    if isinstance(value, list):
-        return [_interior(item) for item in value]
-    if not isinstance(value, dict):
-        return value
-    if _has_type(value, "Pointer"):
-        class_name, object_id = _member(value, "className", "Pointer"), _member(value, "objectId", "Pointer")
-        return {"__type": "Pointer", "className": class_name, "objectId": object_id}
-    if _has_type(value, "Date") or _has_type(value, "Bytes"):
-        return _TYPED_ATOMS[value["__type"]](value)
-    if "$regex" in value:  # transformInteriorAtom: how `$all` and array fields take regular expressions
-        return Regex(_regex_source(value["$regex"]))
-    return {key: _interior(item) for key, item in value.items()}
-
-
-def _regex_source(pattern: Any) -> str:
-    if not isinstance(pattern, str):
-        raise QueryError(INVALID_JSON, f"bad regex: {js_string(pattern)}")
-    return pattern
-
-
-def _parse_iso(text: str) -> datetime:
-    try:
-        return _utc_ms(datetime.fromisoformat(text))
-    except (ValueError, OverflowError):
-        raise QueryError(INVALID_JSON, f"bad Date value: {_render(text)}") from None
-
-
-def _utc_ms(moment: datetime) -> datetime:
-    """Aware UTC at millisecond precision, as BSON stores it; a zone-less time is taken as UTC."""
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
-def _bytes(value: dict[str, Any]) -> Binary:
-    try:
-        return Binary(base64.b64decode(_member(value, "base64", "Bytes"), validate=True))
-    except (binascii.Error, ValueError):
-        raise QueryError(INVALID_JSON, f"bad Bytes: {_render(value)}") from None
-
-
-def _polygon(value: dict[str, Any]) -> dict[str, Any]:
-    """PolygonCoder: [latitude, longitude] pairs become a closed GeoJSON ring of [longitude, latitude]."""
-    pairs = value.get("coordinates")
-    if not isinstance(pairs, list) or len(pairs) < 3 or not all(isinstance(pair, list) for pair in pairs):
-        raise QueryError(INVALID_JSON, "bad Polygon: coordinates should hold 3+ [latitude, longitude] pairs")
-    ring = [_geo_pair(pair[::-1]) for pair in pairs]
-    return {"type": "Polygon", "coordinates": [ring if ring[0] == ring[-1] else [*ring, ring[0]]]}
-
-
-def _geo_pair(point: Any) -> list[float]:
-    """[longitude, latitude] of a GeoPoint object or of a [longitude, latitude] pair, range-checked."""
-    if isinstance(point, list) and len(point) == 2:
-        longitude, latitude = point
-    elif _has_type(point, "GeoPoint"):
-        longitude, latitude = point.get("longitude"), point.get("latitude")
-    else:
-        raise QueryError(INVALID_JSON, f"bad GeoPoint: {_render(point)}")
-    if not (
-        _is_number(latitude) and _is_number(longitude) and -90 <= latitude <= 90 and -180 <= longitude <= 180
-    ):
-        raise QueryError(
-            INVALID_JSON, f"bad GeoPoint: {_render(point)}; latitude -90..90, longitude -180..180"
-        )
-    return [longitude, latitude]
-
-
-_TYPED_ATOMS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "Pointer": lambda value: (
-        f"{_member(value, 'className', 'Pointer')}${_member(value, 'objectId', 'Pointer')}"
-    ),
-    "Date": lambda value: _parse_iso(_member(value, "iso", "Date")),
-    "Bytes": _bytes,
-    "GeoPoint": _geo_pair,
-    "Polygon": _polygon,
-    "File": lambda value: _member(value, "name", "File"),
-}
-
-
-def _distance(name: str, value: Any) -> float:
-    if not _is_number(value) or value < 0:
-        raise QueryError(INVALID_JSON, f"bad {name} distance: {_render(value)}")
-    return float(value)
-
-
-def _member(value: Any, key: str, kind: str) -> str:
-    member = value.get(key)
-    if not isinstance(member, str):
-        raise QueryError(INVALID_JSON, f"bad {kind}: {_render(value)}")
-    return member
-
-
-def _fail(info: str) -> NoReturn:
-    raise QueryError(INVALID_JSON, info)
 
 
 def _is_constraint(value: Any) -> bool:
     return isinstance(value, dict) and all(key.startswith("$") for key in value)
 
 
-def _has_type(value: Any, kind: str) -> bool:
-    return isinstance(value, dict) and value.get("__type") == kind
-
-
 def _is_name(value: Any) -> bool:
     return isinstance(value, str) and value != ""
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _render(value: Any) -> str:
-    """JSON.stringify of a value for an error message; values read back from MongoDB fall back to repr."""
-    try:
-        return js_json(value)
-    except TypeError:
-        return repr(value)

@@ -24,7 +24,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 import httpx2
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pymongo import MongoClient
@@ -574,9 +573,12 @@ class Fuzzer:
         try:
             response = self.client.post(PATH, content=content, headers=_encode(sent.headers))
         except httpx2.TimeoutException:
-            pytest.fail(f"no answer within {CLIENT_TIMEOUT_S}s (hang)\n{sent.show()}{self._log(mark)}")
+            raise AssertionError(
+                f"no answer within {CLIENT_TIMEOUT_S}s (hang)\n{sent.show()}{self._log(mark)}"
+            ) from None
         except httpx2.TransportError as error:
-            pytest.fail(f"connection failed: {error!r}\n{sent.show()}{self._log(mark)}")
+            time.sleep(0.2)
+            raise AssertionError(f"connection failed: {error!r}\n{sent.show()}{self._log(mark)}") from None
         elapsed = time.monotonic() - started
         self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
         try:
@@ -713,6 +715,8 @@ def finish(fuzzer: Fuzzer, mongo: MongoClient[dict[str, Any]], db_name: str) -> 
     health = fuzzer.client.get("/health")
     assert health.status_code == 200, health.text
     assert health.json() == {"status": "ok"}
+    background = [record for record in fuzzer.errors.records if record.startswith("asyncio")]
+    assert not background, "unhandled errors in background tasks:\n" + "\n".join(background[:3])
     rows = {row["_id"] for row in mongo[db_name]["_PushStatus"].find({}, {"_id": 1})}
     assert fuzzer.answers_200 == len(fuzzer.accepted) + fuzzer.replays
     assert len(rows) == len(fuzzer.accepted), (

@@ -133,6 +133,7 @@ def _toml(settings: Settings) -> str:
     app = settings.apps[0]
     return (
         f'[mongo]\nuri = "{settings.mongo.uri}"\n[queue]\nurl = "{settings.queue.url}"\nprefix = "{settings.queue.prefix}"\n'
+        f"delivery_limit = {settings.queue.delivery_limit}\n"
         f'[[apps]]\napp_id = "{app.app_id}"\nmaster_key = "{app.master_key.get_secret_value()}"\n'
         f'mongo_database = "{app.mongo_database}"\n'
     )
