@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pushgw import parse_quirks
 from pushgw.clock import Clock, SystemClock
 from pushgw.connections import Connections
-from pushgw.errors import RequestError, RouteNotFound
+from pushgw.errors import InternalError, RequestError, RouteNotFound
 from pushgw.intake import Intake
 from pushgw.logs import get_logger
 from pushgw.metrics import INTAKE_LATENCY, INTAKE_REQUESTS
@@ -77,6 +77,10 @@ async def _accept_push(intake: Intake, request: Request) -> Response:
         outcome = f"rejected_{error.status}"
         response = render_error(error)
         log.info("push_rejected", status=error.status, error=str(error))
+    except Exception:  # a bug: still answer in Parse's shape, never a bare "Internal Server Error"
+        log.exception("intake_bug")
+        outcome = "error"
+        response = render_error(InternalError("unexpected error"))
     else:
         outcome = "accepted"
         response = Response(_ACCEPTED_BODY, 200, {"X-Parse-Push-Status-Id": push_id}, media_type=_JSON)

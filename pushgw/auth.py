@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import json
 from collections.abc import Iterable, Mapping
@@ -85,7 +84,7 @@ def _basic_auth(header: str) -> tuple[str, str, str] | None:
         return None
     try:
         decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError and non-ASCII input are all ValueErrors
         return None
     parts = decoded.split(":")
     if len(parts) != 2 or not parts[0]:
@@ -120,7 +119,7 @@ def _check_context(header: str | None, body_context: Any) -> None:
         if isinstance(raw, str):
             try:
                 value = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 value = None
         if not isinstance(value, dict):
             raise ParseError(INVALID_JSON, "Invalid object for context.")

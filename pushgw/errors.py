@@ -117,4 +117,6 @@ class RouteNotFound(RequestError):
 
     @property
     def html(self) -> str:
-        return parse_quirks.NOT_FOUND_HTML.format(method=self.method, path=self.path)
+        """Express's finalhandler page, its message escaped the way finalhandler does it."""
+        message = parse_quirks.express_escape(f"Cannot {self.method} {self.path}")
+        return parse_quirks.NOT_FOUND_HTML.format(message=message)

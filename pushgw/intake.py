@@ -95,14 +95,17 @@ class Intake:
         now = self._clock.now()
         scheduled = push.push_time is not None and app.scheduled_push
         document = new_status_document(push_id, push, now=now, scheduled=scheduled)
+        # Encode the work item first: nothing may be stored that cannot also be queued.
+        work_item = _plan_item(
+            app, push, push_id, now=document["_created_at"], scheduled=scheduled
+        ).to_bytes()
         try:
             await self._batcher(app).insert(document)
         except PyMongoError as error:
             log.error("push_status_insert_failed", app_id=app.app_id, push_id=push_id, error=str(error))
             raise InternalError("could not store _PushStatus") from error
-        item = _plan_item(app, push, push_id, now=document["_created_at"], scheduled=scheduled)
         try:
-            await self.broker.publish(PLAN, item.to_bytes(), message_id=push_id)
+            await self.broker.publish(PLAN, work_item, message_id=push_id)
         except PublishError as error:
             await self._fail_unqueued(app, push_id, str(error))
             raise InternalError("could not queue the push") from error
@@ -214,11 +217,15 @@ def _decode_json(text: str) -> dict[str, Any]:
     if stripped[:1] not in ("{", "["):  # body-parser's strict mode: only objects and arrays
         raise MalformedJson(f"Unexpected token '{stripped[:1]}', \"{stripped[:10]}\" is not valid JSON")
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_int=parse_quirks.js_int)
     except json.JSONDecodeError as error:
         raise MalformedJson(f"{error.msg} in JSON at position {error.pos}") from None
     except (ValueError, RecursionError) as error:
         raise MalformedJson(f"Invalid JSON: {error}") from None
+    if parse_quirks.json_depth_exceeds(value):
+        raise MalformedJson(f"JSON nests deeper than {parse_quirks.MAX_JSON_DEPTH} levels")
+    if parse_quirks.has_escaped_surrogate(text):
+        value = parse_quirks.well_formed(value)
     return value if isinstance(value, dict) else {}
 
 
@@ -234,5 +241,5 @@ def _decode_form(raw: bytes) -> dict[str, Any]:
 def _apply_method_override(body: dict[str, Any], request: Request) -> None:
     """`"_method": "GET"` turns the POST into a GET, which has no route (middlewares.allowMethodOverride)."""
     override = body.get("_method")
-    if isinstance(override, str) and override.upper() != "POST":
-        raise RouteNotFound(override.upper(), request.url.path)
+    if isinstance(override, str) and override and override.upper() != "POST":
+        raise RouteNotFound(override, request.url.path)

@@ -49,11 +49,22 @@ INVALID_BADGE_BODY = {"code": 1, "message": "Internal server error."}
 # Express finalhandler's 404 page for a method without a route, e.g. GET /parse/push (observed 9.10).
 NOT_FOUND_HTML = (
     '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Error</title>\n'
-    "</head>\n<body>\n<pre>Cannot {method} {path}</pre>\n</body>\n</html>\n"
+    "</head>\n<body>\n<pre>{message}</pre>\n</body>\n</html>\n"
 )
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_JS_SAFE_INTEGER = 2**53
+MAX_JSON_DEPTH = 64  # MongoDB refuses documents nested deeper than 100 levels; pushgw keeps a margin
 _JS_MAX_DATE_MS = 8.64e15
+
+
+_HTML_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
+
+
+def express_escape(message: str) -> str:
+    """finalhandler: escape-html, then newlines → `<br>` and each double space → ` &nbsp;`."""
+    escaped = "".join(_HTML_ESCAPES.get(char, char) for char in message)
+    return re.sub(r"\r?\n", "<br>", escaped).replace("  ", " &nbsp;")
 
 
 def parses_as_json(content_type: str | None) -> bool:
@@ -195,20 +206,14 @@ def push_time_is_local(value: Any) -> bool:
     return not has_zone
 
 
-def _js_number_json(value: float) -> str:
-    if value.is_integer() and abs(value) < 1e21:
-        return str(int(value))
-    return js_number_string(value)
-
-
 def js_json(value: Any) -> str:
     """`JSON.stringify(value)`: compact, key order kept, non-ASCII unescaped, integral floats as ints."""
     if value is None or isinstance(value, bool | str):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, int):
-        return js_number_string(value) if abs(value) >= 1e21 else str(value)
+        return str(value) if abs(value) < _JS_SAFE_INTEGER else js_number_string(value)
     if isinstance(value, float):
-        return _js_number_json(value) if math.isfinite(value) else "null"
+        return js_number_string(value) if math.isfinite(value) else "null"
     if isinstance(value, list):
         return "[" + ",".join(js_json(item) for item in value) + "]"
     if isinstance(value, Mapping):
@@ -242,3 +247,42 @@ def bson_number(value: float) -> int | float:
 def is_valid_js_date_ms(epoch_ms: float) -> bool:
     """`isFinite(new Date(ms))`: JavaScript dates span ±8.64e15 ms around the epoch."""
     return math.isfinite(epoch_ms) and abs(epoch_ms) <= _JS_MAX_DATE_MS
+
+
+def js_int(text: str) -> int | float:
+    """A JSON integer as JavaScript reads it: exact up to 2**53, a double beyond (Infinity past 1e308)."""
+    if len(text) <= 15:
+        return int(text)
+    value = float(text)
+    return int(text) if abs(value) < _JS_SAFE_INTEGER else value
+
+
+def has_escaped_surrogate(text: str) -> bool:
+    return "\\ud" in text or "\\uD" in text
+
+
+def well_formed(value: Any) -> Any:
+    """Replace lone UTF-16 surrogates (legal in JSON escapes) with U+FFFD, as Node's UTF-8 encoder does."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [well_formed(item) for item in value]
+    if isinstance(value, dict):
+        return {well_formed(key): well_formed(item) for key, item in value.items()}
+    return value
+
+
+def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when objects/arrays nest deeper than `limit` (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        children = (
+            current.values() if isinstance(current, dict) else current if isinstance(current, list) else ()
+        )
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False

@@ -9,6 +9,7 @@ import string
 from datetime import datetime, timedelta
 from typing import Any
 
+from bson.errors import InvalidDocument
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
@@ -52,7 +53,8 @@ def new_status_document(push_id: str, push: Push, *, now: datetime, scheduled: b
     document["_created_at"] = created
     document["_updated_at"] = created
     if push.options:
-        document[OWN] = {"options": push.options}  # needed to rebuild the plan for scheduled pushes
+        # JSON text, not a subdocument: body keys may hold characters BSON keys cannot ("$", ".", NUL).
+        document[OWN] = {"options": parse_quirks.js_json(push.options)}  # to rebuild scheduled pushes
     return document
 
 
@@ -67,7 +69,7 @@ def plan_from_status(document: Document, app_id: str, **changes: Any) -> PlanPus
         push_time=document.get("pushTime"),
         expiry_ms=document.get("expiry"),
         expiration_interval_s=document.get("expiration_interval"),
-        options=own.get("options", {}),
+        options=json.loads(own.get("options", "{}")),
         accepted_at=document["_created_at"],
         **changes,
     )
@@ -225,12 +227,25 @@ class InsertBatcher:
                 failed = {item["index"]: item for item in error.details.get("writeErrors", [])}
                 for index, (_, future) in enumerate(batch):
                     _settle(future, _write_error(failed[index]) if index in failed else None)
+            except (InvalidDocument, UnicodeEncodeError, OverflowError):
+                await self._insert_one_by_one(batch)  # one unencodable document must not fail the others
             except Exception as error:  # every waiter must learn the outcome, whatever it was
                 for _, future in batch:
                     _settle(future, error)
             else:
                 for _, future in batch:
                     _settle(future, None)
+
+    async def _insert_one_by_one(self, batch: list[tuple[Document, asyncio.Future[None]]]) -> None:
+        for document, future in batch:
+            try:
+                await self._collection.insert_one(document)
+            except (InvalidDocument, UnicodeEncodeError, OverflowError) as error:
+                _settle(future, PyMongoError(f"document cannot be stored: {error}"))
+            except Exception as error:  # every waiter must learn the outcome, whatever it was
+                _settle(future, error)
+            else:
+                _settle(future, None)
 
 
 def _write_error(item: dict[str, Any]) -> PyMongoError:
