@@ -858,5 +858,6 @@ def test_oracle_reads_credentials_like_the_contract() -> None:
     assert ideal_body(Sent(b"1")) is None
     assert ideal_body(Sent(b"\xef\xbb\xbf{}")) == {}
     assert nesting_depth(_deep_body(5000, "list", "where")) == 5001
+    assert nesting_depth(b'{"a":"[[[\\"[["}') == 1
     assert express_404("GET") == parse_quirks.NOT_FOUND_HTML.format(message=f"Cannot GET {PATH}")
     assert express_404("<a>").count("&lt;a&gt;") == 1
