@@ -106,6 +106,13 @@ def test_dev_quick_start_curl_works_and_data_persists(
     assert result.stdout.startswith("HTTP/1.1 200")
     push_id = re.search(r"x-parse-push-status-id: (\w+)", result.stdout, re.IGNORECASE)
     assert push_id is not None
+    embedded = f"mongodb://127.0.0.1:{env['PUSHGW_MONGO__EMBEDDED_PORT']}/?directConnection=true"
+    with MongoClient(embedded) as client:
+        # The in-process worker consumed the memory:// queue and finished the push (no installations yet).
+        row = until(
+            lambda: client["parse"]["_PushStatus"].find_one({"_id": push_id.group(1), "status": "succeeded"})
+        )
+        assert row["numSent"] == 0
     assert dev.terminate() == 0
     assert (tmp_path / ".pushgw" / "mongo").is_dir()
 
