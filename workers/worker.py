@@ -10,6 +10,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from prometheus_client import start_http_server
 from pymongo.errors import PyMongoError
 
 from pushgw.broker import PLAN, SEND, Consumer, Delivery, PublishError
@@ -136,6 +137,9 @@ async def run_worker_until(
 ) -> None:
     """Run one worker until `stop` is set, then drain."""
     worker = Worker(settings, connections, providers, clock)
+    if settings.worker.metrics_port is not None:
+        start_http_server(settings.worker.metrics_port, settings.worker.metrics_host)
+        log.info("metrics_listening", host=settings.worker.metrics_host, port=settings.worker.metrics_port)
     await worker.start()
     loops = [asyncio.create_task(worker.scheduler.run(stop)), asyncio.create_task(worker.watchdog.run(stop))]
     await stop.wait()
