@@ -41,11 +41,12 @@ from pamqp.commands import Basic
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import PyMongoError
 
-from pushgw.broker import Topology
+from pushgw.broker import WORK_QUEUES, Topology
 from pushgw.messages import PlanPush
 from pushgw.mongo import Document, create_client
 from pushgw.push import parse_push
 from pushgw.push_status import COLLECTION, InsertBatcher, new_object_id, new_status_document
+from pushgw.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -79,6 +80,7 @@ class Stack:
     prefix: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:10]}")
     mongo_port: int = 0
     http_port: int = 0
+    processes: int = 1
     mongo: subprocess.Popen[bytes] | None = None
     gateway: subprocess.Popen[bytes] | None = None
 
@@ -152,7 +154,7 @@ def write_config(stack: Stack) -> Path:
     path.write_text(
         f'[mongo]\nuri = "{stack.mongo_uri}"\n\n'
         f'[queue]\nurl = "{RABBIT_URL}"\nprefix = "{stack.prefix}"\n\n'
-        f'[http]\nhost = "127.0.0.1"\nport = {stack.http_port}\n\n'
+        f'[http]\nhost = "127.0.0.1"\nport = {stack.http_port}\nprocesses = {stack.processes}\n\n'
         '[log]\nlevel = "warning"\n\n'
         f'[[apps]]\napp_id = "{APP_ID}"\nmaster_key = "{MASTER_KEY}"\nmongo_database = "{GATEWAY_DB}"\n'
     )
@@ -192,20 +194,31 @@ def stop_process(process: subprocess.Popen[bytes] | None) -> None:
 def teardown(stack: Stack) -> None:
     stop_process(stack.gateway)  # first: a running gateway would declare its topology again
     try:
-        asyncio.run(delete_topology(stack.prefix))
+        asyncio.run(delete_topology(*topology_names(stack)))
     except (OSError, aio_pika.exceptions.AMQPError) as error:
         print(f"WARNING: could not delete queues {stack.prefix}.*: {error}", file=sys.stderr)
     stop_process(stack.mongo)
 
 
-async def delete_topology(prefix: str) -> None:
+def topology_names(stack: Stack) -> tuple[list[str], list[str]]:
+    """Every queue and exchange the gateway declares for our prefix (names from pushgw itself), plus ours."""
+    config = stack.tmp / "pushgw.toml"
+    settings = load_settings(config) if config.exists() else Settings()
+    tiers = tuple(settings.worker.delay_tiers_s)
+    topology = Topology(stack.prefix, delivery_limit=settings.queue.delivery_limit, delay_tiers_s=tiers)
+    queues = [topology.queue(route) for route in (*WORK_QUEUES, CEILING_ROUTE)]
+    queues += [topology.dead_queue, *(topology.delay_queue(tier_s) for tier_s in tiers)]
+    return queues, [topology.work_exchange, topology.dead_exchange, topology.delay_exchange]
+
+
+async def delete_topology(queues: list[str], exchanges: list[str]) -> None:
     connection = await aio_pika.connect(RABBIT_URL, timeout=10)
     async with connection:
         channel = await connection.channel()
-        for queue in ("plan", "dead", CEILING_ROUTE):
-            await channel.queue_delete(f"{prefix}.{queue}")
-        for exchange in ("work", "dead"):
-            await channel.exchange_delete(f"{prefix}.{exchange}")
+        for queue in queues:
+            await channel.queue_delete(queue)
+        for exchange in exchanges:
+            await channel.exchange_delete(exchange)
 
 
 # ---------------------------------------------------------------- measuring
@@ -791,6 +804,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--wait-quiet", type=float, default=0.0, metavar="S", help="wait up to S s for an idle machine first"
     )
     parser.add_argument("--json", action="store_true", help="end with one JSON object holding every number")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="intake processes (`http.processes`; CPU shown is the parent's)"
+    )
     return parser.parse_args(argv)
 
 
@@ -802,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.TemporaryDirectory(prefix="pushgw-bench-") as tmp:
-        stack = Stack(Path(tmp))
+        stack = Stack(Path(tmp), processes=args.processes)
         try:
             results = run(stack, args)
         except KeyboardInterrupt:

@@ -30,43 +30,55 @@ _ACCEPTED_BODY = b'{"result":true}'
 
 def build_app(
     settings: Settings, *, connections: Connections | None = None, clock: Clock | None = None
-) -> Starlette:
+) -> ASGIApp:
     """The intake app. Without `connections` its lifespan opens and closes its own (serve, tests)."""
-    state: dict[str, Intake] = {}
+    gateway = _Gateway(settings, connections, clock or SystemClock())
+    routes = [
+        Route("/{path:path}", gateway.dispatch, methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])
+    ]
+    return ParseCors(Starlette(routes=routes, lifespan=gateway.lifespan), settings.http.cors_allow_origin)
+
+
+class _Gateway:
+    """The app's state: connections and the intake exist from lifespan startup to shutdown."""
+
+    def __init__(self, settings: Settings, connections: Connections | None, clock: Clock) -> None:
+        self._settings = settings
+        self._given = connections
+        self._clock = clock
+        self._mounts = {mount.lower() for mount in settings.http.mounts}
+        self._connections: Connections | None = None
+        self._intake: Intake | None = None
 
     @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        owned = connections is None
-        opened = connections or await Connections.open(settings)
-        intake = Intake(settings, opened, clock or SystemClock())
-        await intake.prepare()
-        state["intake"] = intake
-        state_connections["value"] = opened
-        log.info("intake_started", mounts=settings.http.mounts, apps=[app.app_id for app in settings.apps])
+    async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        connections = self._given or await Connections.open(self._settings)
+        self._intake = Intake(self._settings, connections, self._clock)
+        await self._intake.prepare()
+        self._connections = connections
+        log.info(
+            "intake_started",
+            mounts=self._settings.http.mounts,
+            apps=[app.app_id for app in self._settings.apps],
+        )
         try:
             yield
         finally:
-            if owned:
-                await opened.close()
+            if self._given is None:
+                await connections.close()
             log.info("intake_stopped")
 
-    state_connections: dict[str, Connections] = {}
-    mounts = {mount.lower() for mount in settings.http.mounts}
-
-    async def dispatch(request: Request) -> Response:
+    async def dispatch(self, request: Request) -> Response:
+        assert self._intake is not None and self._connections is not None, "lifespan not started"
         path = request.url.path
         normalized = path.rstrip("/").lower() or "/"
-        if normalized.endswith("/push") and normalized.removesuffix("/push") in mounts:
+        if normalized.endswith("/push") and normalized.removesuffix("/push") in self._mounts:
             if request.method == "POST":
-                return await _accept_push(state["intake"], request)
+                return await _accept_push(self._intake, request)
             return render_error(RouteNotFound(request.method, path))
         if request.method == "GET" and normalized in ("/health", "/ready", "/metrics"):
-            return await _operations(normalized, state_connections["value"])
+            return await _operations(normalized, self._connections)
         return render_error(RouteNotFound(request.method, path))
-
-    routes = [Route("/{path:path}", dispatch, methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    return ParseCors(app, settings.http.cors_allow_origin)  # type: ignore[return-value]
 
 
 async def _accept_push(intake: Intake, request: Request) -> Response:

@@ -136,7 +136,7 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: Iterable[IpN
 
 
 def _is_allowed(address: str | None, app: AppSettings) -> bool:
-    return address is not None and _in_networks(address, app.master_key_ips)
+    return app.allows_any_address or (address is not None and _in_networks(address, app.master_key_ips))
 
 
 def _in_networks(address: str, networks: Iterable[IpNetwork]) -> bool:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
-import socket
 import sys
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-import uvicorn
 import uvloop
 from pydantic import SecretStr
 from pymongo.errors import PyMongoError
@@ -21,6 +18,7 @@ from pushgw.app import build_app
 from pushgw.clock import SystemClock
 from pushgw.connections import Connections
 from pushgw.errors import PushgwError
+from pushgw.http_server import dev_banner, intake_server, serve_processes
 from pushgw.logs import configure_logging, get_logger
 from pushgw.mongo import app_database
 from pushgw.settings import AppSettings, ConfigError, QueueSettings, Settings, load_settings
@@ -126,8 +124,9 @@ def run_serve(settings: Settings, _: argparse.Namespace) -> int:
         )
     if not settings.apps:
         raise ConfigError("apps: no [[apps]] configured; add one with app_id and master_key")
-    server = _server(settings, build_app(settings))
-    _run(server.serve())
+    if settings.http.processes > 1:
+        return serve_processes(settings, lambda: build_app(settings))
+    _run(intake_server(settings, build_app(settings)).serve())
     return 0
 
 
@@ -153,7 +152,8 @@ async def _serve_dev(settings: Settings) -> int:
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker_until(settings, connections, providers, clock, stop))
     try:
-        server = _server(settings, build_app(settings, connections=connections, clock=clock), banner=True)
+        app = build_app(settings, connections=connections, clock=clock)
+        server = intake_server(settings, app, banner=dev_banner(settings))
         await server.serve()
     finally:
         stop.set()
@@ -208,80 +208,6 @@ def _stop_on_signals() -> asyncio.Event:
 def run_ppns(settings: Settings, _: argparse.Namespace) -> int:
     print("pushgw ppns: the PPNS socket server is not built yet (issue #5); nothing to run.", file=sys.stderr)
     return 2
-
-
-class _Server(uvicorn.Server):
-    """uvicorn, plus a banner with URLs and a ready-to-paste curl once the socket listens."""
-
-    def __init__(self, config: uvicorn.Config, settings: Settings, banner: bool) -> None:
-        super().__init__(config)
-        self._settings = settings
-        self._banner = banner
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """SIGTERM/SIGINT start a graceful drain, then the process exits 0 (uvicorn would re-raise them)."""
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._request_exit)
-        try:
-            yield
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
-
-    def _request_exit(self) -> None:
-        if self.should_exit:
-            self.force_exit = True  # a second signal skips the drain
-        self.should_exit = True
-        log.info("shutdown_requested")
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self._banner and self.started:
-            print(dev_banner(self._settings), flush=True)
-
-
-def _server(settings: Settings, app: object, banner: bool = False) -> _Server:
-    config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        host=settings.http.host,
-        port=settings.http.port,
-        loop="none",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=30,
-        server_header=False,
-    )
-    return _Server(config, settings, banner)
-
-
-def dev_banner(settings: Settings) -> str:
-    http = settings.http
-    base = f"http://{http.host}:{http.port}"
-    app = settings.apps[0]
-    curl = (
-        f"curl -X POST {base}{http.mounts[0]}/push \\\n"
-        f'  -H "X-Parse-Application-Id: {app.app_id}" \\\n'
-        f'  -H "X-Parse-Master-Key: {app.master_key.get_secret_value()}" \\\n'
-        '  -H "Content-Type: application/json" \\\n'
-        """  -d '{"channels": ["news"], "data": {"alert": "Hello from pushgw"}}'"""
-    )
-    mongo = settings.mongo.uri or f"embedded SecantusDB, data in {settings.mongo.embedded_path}"
-    lines = [
-        "pushgw dev is running",
-        f"  push:    {' '.join(base + mount + '/push' for mount in http.mounts)}",
-        f"  health:  {base}/health   ready: {base}/ready   metrics: {base}/metrics",
-        f"  mongo:   {mongo}",
-        "  queue:   memory:// (in-process)",
-        "",
-        "Send a push:",
-        curl,
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def _run(main: Coroutine[Any, Any, T]) -> T:

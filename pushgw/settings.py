@@ -70,6 +70,7 @@ class HttpSettings(Section):
     cors_allow_origin: str = "*"
     trusted_proxies: list[IpNetwork] = Field(default_factory=list)
     request_id_ttl_s: int = Field(default=86_400, ge=60)
+    processes: int = Field(default=1, ge=1, le=64)
 
     @field_validator("mounts")
     @classmethod
@@ -149,6 +150,12 @@ class AppSettings(Section):
         if not key.get_secret_value():
             raise ValueError("must not be empty")
         return key
+
+    @property
+    def allows_any_address(self) -> bool:
+        return any(network.prefixlen == 0 for network in self.master_key_ips if network.version == 4) and any(
+            network.prefixlen == 0 for network in self.master_key_ips if network.version == 6
+        )
 
     @property
     def client_keys(self) -> dict[str, SecretStr]:

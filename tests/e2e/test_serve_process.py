@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 from pymongo import MongoClient
 
 from tests.fixtures.mongo import MongoServer
@@ -26,11 +27,13 @@ MASTER = {
 }
 
 
-def serve_config(tmp_path: Path, mongo_uri: str, db_name: str, prefix: str, port: int) -> Path:
+def serve_config(
+    tmp_path: Path, mongo_uri: str, db_name: str, prefix: str, port: int, processes: int = 1
+) -> Path:
     path = tmp_path / "pushgw.toml"
     path.write_text(
         f'[mongo]\nuri = "{mongo_uri}"\n[queue]\nurl = "{RABBIT_URL}"\nprefix = "{prefix}"\n'
-        f'[http]\nport = {port}\n[log]\nlevel = "info"\n'
+        f'[http]\nport = {port}\nprocesses = {processes}\n[log]\nlevel = "info"\n'
         f'[[apps]]\napp_id = "app1"\nmaster_key = "master1"\nmongo_database = "{db_name}"\n'
     )
     return path
@@ -52,12 +55,13 @@ def test_serve_refuses_the_memory_queue(pushgw_processes: ProcessFactory, tmp_pa
     assert "queue.url" in result.stderr
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_sigterm_drains_requests_and_loses_nothing_accepted(
     pushgw_processes: ProcessFactory, tmp_path: Path, mongo_server: MongoServer, mongo: Any, db_name: str,
-    rabbit: RabbitAdmin,
+    rabbit: RabbitAdmin, processes: int,
 ) -> None:  # fmt: skip
     port = free_port()
-    config = serve_config(tmp_path, mongo_server.uri, db_name, rabbit.prefix, port)
+    config = serve_config(tmp_path, mongo_server.uri, db_name, rabbit.prefix, port, processes)
     server = pushgw_processes.start("serve", "--config", str(config))
     base = f"http://127.0.0.1:{port}"
     server.wait_ready(f"{base}/ready")
@@ -86,7 +90,7 @@ def test_sigterm_drains_requests_and_loses_nothing_accepted(
     queued = {json.loads(message.body)["push_id"] for message in rabbit.take_all("plan")}
     assert set(accepted) <= ids
     assert set(accepted) <= queued
-    assert '"event": "intake_stopped"' in server.output
+    assert server.output.count('"event": "intake_stopped"') == processes
     for secret in ("master1",):
         assert secret not in server.output
 
