@@ -770,17 +770,21 @@ class TxLoad:
     failures: Counter[str] = field(default_factory=Counter)
     samples: dict[str, str] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    unsent: int = 0  # not sent: the sending window (--tx-deadline) was over
 
     def fail(self, kind: str, detail: str) -> None:
         self.failures[kind] += 1
         self.samples.setdefault(kind, detail[:300])
 
 
-async def tx_client(port: int, bodies: Iterator[bytes], load: TxLoad) -> None:
-    """One keep-alive connection taking pushes from the shared iterator until it is empty."""
+async def tx_client(port: int, bodies: Iterator[bytes], load: TxLoad, deadline: float) -> None:
+    """One keep-alive connection taking pushes from the shared iterator until it is empty or time is up."""
     connection = HttpConnection(port)
     try:
         for body in bodies:
+            if time.monotonic() > deadline:
+                load.unsent += 1
+                continue
             started = time.perf_counter()
             try:
                 status, headers, answer = await connection.request("POST", "/parse/push", body)
@@ -797,10 +801,10 @@ async def tx_client(port: int, bodies: Iterator[bytes], load: TxLoad) -> None:
         await connection.close()
 
 
-async def send_transactional(port: int, indices: list[int], concurrency: int) -> TxLoad:
+async def send_transactional(port: int, indices: list[int], concurrency: int, window_s: float) -> TxLoad:
     load, bodies = TxLoad(), iter([push_body(user_push(index)) for index in indices])
-    started = time.perf_counter()
-    await asyncio.gather(*(tx_client(port, bodies, load) for _ in range(concurrency)))
+    started, deadline = time.perf_counter(), time.monotonic() + window_s
+    await asyncio.gather(*(tx_client(port, bodies, load, deadline) for _ in range(concurrency)))
     load.elapsed_s = time.perf_counter() - started
     return load
 
@@ -840,14 +844,31 @@ async def final_states(db: AsyncDatabase[Document], ids: list[str]) -> Counter[s
 
 
 async def single_user_cost(db: AsyncDatabase[Document], indices: list[int]) -> dict[str, Any]:
-    """The planner's query for one user, drained with nothing else running: the DB cost of one push."""
+    """The planner's query for one user, drained with nothing else running: the DB cost of one push.
+
+    For reference, the same user read as `{_p_user: …}` sorted on `_id` with no hint and no reachability
+    `$or`, which SecantusDB answers from the `_p_user` index: what the database could do per push.
+    """
     runs = [await drain(db, await planner_filter(db, user_push(index))) for index in indices]
     seconds = statistics.median(run["seconds"] for run in runs)
+    indexed = [await indexed_user_read(db, index) for index in indices]
+    indexed_s = statistics.median(indexed)
     return {
         "samples": len(runs), "median_ms": round(seconds * 1000, 1),
         "docs_returned": [run["docs"] for run in runs],
         "pushes_per_s_ceiling": round(1 / seconds, 1) if seconds else None,
+        "indexed_read_median_ms": round(indexed_s * 1000, 2),
+        "indexed_reads_per_s": round(1 / indexed_s) if indexed_s else None,
     }  # fmt: skip
+
+
+async def indexed_user_read(db: AsyncDatabase[Document], index: int) -> float:
+    started = time.perf_counter()
+    query = {"_p_user": f"_User${user_key(index)}"}
+    cursor = db.get_collection(INSTALLATIONS).find(query, _PROJECTION).sort("_id", 1)
+    if len(await cursor.to_list()) != 1:
+        raise BenchError(f"user {user_key(index)} does not have exactly one installation")
+    return time.perf_counter() - started
 
 
 def tx_users(population: int, count: int) -> list[int]:
@@ -859,23 +880,32 @@ async def transactional_run(stack: Stack, args: argparse.Namespace) -> dict[str,
     seeding = await top_up(stack, max(stack.seeded, args.tx_installations or max(args.sizes)))
     indices = tx_users(stack.seeded, min(args.transactional, stack.seeded))
     await seed_users(stack, indices)
+    if not args.no_user_index:
+        say("creating the _Installation index {_p_user: 1} (what a transactional deployment has)")
+        await stack.db.get_collection(INSTALLATIONS).create_index("_p_user")
     say("restarting the workers with the recording provider's mongo store (pushgw_recorded)")
     await stop_workers(stack)
     await start_workers(stack, "mongo")
     say(f"per-push DB cost: draining the planner's single-user cursor over {stack.seeded:,} installations")
     cost = await single_user_cost(stack.db, indices[: 3 if stack.seeded <= 50_000 else 1])
-    say(f"  {cost['median_ms']:.0f} ms per single-user query → ≤ {cost['pushes_per_s_ceiling']} pushes/s")
+    say(
+        f"  {cost['median_ms']:.0f} ms per single-user query → ≤ {cost['pushes_per_s_ceiling']} pushes/s "
+        f"(indexed read without hint/$or: {cost['indexed_read_median_ms']} ms)"
+    )
     say(f"sending {len(indices):,} single-user pushes, {args.tx_concurrency} clients")
     meter, marks = CpuMeter(stack.pids()), log_marks(stack.worker_logs)
-    load = await send_transactional(stack.http_port, indices, args.tx_concurrency)
-    say(f"  {len(load.accepted):,} accepted in {load.elapsed_s:.1f} s; waiting until final")
+    load = await send_transactional(stack.http_port, indices, args.tx_concurrency, args.tx_deadline)
+    say(
+        f"  {len(load.accepted):,} accepted in {load.elapsed_s:.1f} s ({load.unsent:,} not sent: window over)"
+    )
     ids = list(load.accepted)
     final = await wait_all_final(stack, ids, args.tx_deadline)
     cpu = meter.percent()
     if final < len(ids):
         say(f"!!! {len(ids) - final:,} pushes not final after {args.tx_deadline:.0f} s")
     return await tx_result(stack, load, ids, final) | {
-        "population": stack.seeded, "seeding": seeding, "single_user_query": cost,
+        "population": stack.seeded, "seeding": seeding, "single_user_query": cost, "unsent": load.unsent,
+        "user_index": not args.no_user_index,
         "concurrency": args.tx_concurrency, "cpu_percent_of_one_core": cpu,
         "worker_log": log_events(stack.worker_logs, marks),
     }  # fmt: skip
@@ -887,7 +917,7 @@ async def tx_result(stack: Stack, load: TxLoad, ids: list[str], final: int) -> d
     missing = len(ids) - len(latencies)
     span = max(firsts.values()) - min(load.accepted.values()) if firsts else math.nan
     return {
-        "pushes": len(ids) + sum(load.failures.values()),
+        "pushes": len(ids) + sum(load.failures.values()) + load.unsent,
         "accepted": len(ids),
         "accepted_per_s": round(len(ids) / load.elapsed_s, 1) if load.elapsed_s else 0.0,
         "intake_latency_ms": ranks_ms(load.http_s),
@@ -987,7 +1017,9 @@ def print_transactional(tx: dict[str, Any]) -> None:
         f"(intake latency {latency_text(tx['intake_latency_ms'])}), {tx['concurrency']} clients, "
         f"{tx['population']:,} installations"
     )
-    print(f"    failures: {tx['failures'] or 'none'} {tx['failure_samples'] or ''}")
+    print(
+        f"    failures: {tx['failures'] or 'none'} {tx['failure_samples'] or ''}; not sent (window over): {tx['unsent']}"
+    )
     print(
         f"    delivered {tx['delivered']:,}, final {tx['final']:,}, completed {tx['completed_per_s']}/s "
         f"over {tx['completion_span_s']} s; states {tx['final_states']}"
@@ -997,6 +1029,11 @@ def print_transactional(tx: dict[str, Any]) -> None:
     print(
         f"    DB cost of one single-user planner query (sort _id, hint _id_): {cost['median_ms']} ms median "
         f"of {cost['samples']} → ≤ {cost['pushes_per_s_ceiling']} pushes/s on this database"
+    )
+    print(
+        f"    reference: {{_p_user: …}} sorted on _id, no hint, no reachability $or "
+        f"(index {{_p_user: 1}} {'present' if tx['user_index'] else 'ABSENT'}): "
+        f"{cost['indexed_read_median_ms']} ms → ≤ {cost['indexed_reads_per_s']} reads/s"
     )
     print(cpu_text(tx["cpu_percent_of_one_core"]))
     print(log_text(tx["worker_log"]))
@@ -1116,7 +1153,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="installations in the collection for the transactional run (default: the largest size)",
     )
-    add("--tx-deadline", type=float, default=300.0, metavar="S", help="wait at most S s for the pushes")
+    add(
+        "--tx-deadline",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="stop sending after S s, then wait at most S s for the sent pushes to become final (default 300)",
+    )
+    add("--no-user-index", action="store_true", help="do not create the {_p_user: 1} index for the tx run")
+    add(
+        "--keep-logs",
+        type=Path,
+        metavar="DIR",
+        help="copy the processes' logs to DIR before deleting the temp dir",
+    )
     add("--fanout-deadline", type=float, default=0.0, metavar="S", help="per push (default 60 + size/1000)")
     add("--skip-fanout", action="store_true", help="only the transactional run")
     add(
@@ -1158,6 +1208,15 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def keep_logs(tmp: Path, directory: Path | None) -> None:
+    if directory is None:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    for log in [*tmp.glob("*.log"), *tmp.glob("*.toml")]:
+        shutil.copy2(log, directory / log.name)
+    say(f"logs and configs copied to {directory}")
+
+
 def run_all(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> int | None:
     """Run, then tear down whatever happened; an exit code if the run did not get to its end."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -1173,6 +1232,7 @@ def run_all(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> 
             say("stopping processes, deleting queues and the temp dir")
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # teardown is bounded; let it finish
             teardown(stack, runner)
+            keep_logs(stack.tmp, args.keep_logs)
             shutil.rmtree(stack.tmp, ignore_errors=True)
     return None
 

@@ -1,4 +1,4 @@
-"""build_app(): the intake ASGI app — routes, Parse CORS headers, health/ready/metrics, error rendering."""
+"""build_app(): the intake ASGI app — POST {mount}/push, Parse CORS headers, health/ready/metrics, errors."""
 
 from __future__ import annotations
 
@@ -16,16 +16,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pushgw import parse_quirks
 from pushgw.clock import Clock, SystemClock
 from pushgw.connections import Connections
-from pushgw.errors import InternalError, RequestError, RouteNotFound
-from pushgw.intake import Intake
+from pushgw.errors import InternalError, RequestError, RouteNotFound, StatusError
+from pushgw.intake import Intake, PushRequest
 from pushgw.logs import get_logger
 from pushgw.metrics import INTAKE_LATENCY, INTAKE_REQUESTS
 from pushgw.mongo import ping
 from pushgw.settings import Settings
 
 log = get_logger(__name__)
-_JSON = "application/json; charset=utf-8"
+_JSON = b"application/json; charset=utf-8"
 _ACCEPTED_BODY = b'{"result":true}'
+_TOO_LARGE = StatusError(413, "request entity too large")  # Express's body-parser answer
 
 
 def build_app(
@@ -36,30 +37,29 @@ def build_app(
     routes = [
         Route("/{path:path}", gateway.dispatch, methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])
     ]
-    return ParseCors(Starlette(routes=routes, lifespan=gateway.lifespan), settings.http.cors_allow_origin)
+    return ParseFront(Starlette(routes=routes, lifespan=gateway.lifespan), gateway, settings)
 
 
 class _Gateway:
     """The app's state: connections and the intake exist from lifespan startup to shutdown."""
 
     def __init__(self, settings: Settings, connections: Connections | None, clock: Clock) -> None:
-        self._settings = settings
+        self.settings = settings
         self._given = connections
         self._clock = clock
-        self._mounts = {mount.lower() for mount in settings.http.mounts}
-        self._connections: Connections | None = None
-        self._intake: Intake | None = None
+        self.connections: Connections | None = None
+        self.intake: Intake | None = None
 
     @asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
-        connections = self._given or await Connections.open(self._settings)
-        self._intake = Intake(self._settings, connections, self._clock)
-        await self._intake.prepare()
-        self._connections = connections
+        connections = self._given or await Connections.open(self.settings)
+        self.intake = Intake(self.settings, connections, self._clock)
+        await self.intake.prepare()
+        self.connections = connections
         log.info(
             "intake_started",
-            mounts=self._settings.http.mounts,
-            apps=[app.app_id for app in self._settings.apps],
+            mounts=self.settings.http.mounts,
+            apps=[app.app_id for app in self.settings.apps],
         )
         try:
             yield
@@ -69,72 +69,28 @@ class _Gateway:
             log.info("intake_stopped")
 
     async def dispatch(self, request: Request) -> Response:
-        assert self._intake is not None and self._connections is not None, "lifespan not started"
+        """Everything but POST {mount}/push: health, readiness, metrics, and Express's 404 page."""
         path = request.url.path
         normalized = path.rstrip("/").lower() or "/"
-        if normalized.endswith("/push") and normalized.removesuffix("/push") in self._mounts:
-            if request.method == "POST":
-                return await _accept_push(self._intake, request)
-            return render_error(RouteNotFound(request.method, path))
-        if request.method == "GET" and normalized in ("/health", "/ready", "/metrics"):
-            return await _operations(normalized, self._connections)
+        if request.method == "GET" and normalized in ("/health", "/ready", "/metrics") and self.connections:
+            return await _operations(normalized, self.connections)
         return render_error(RouteNotFound(request.method, path))
 
 
-async def _accept_push(intake: Intake, request: Request) -> Response:
-    started = time.perf_counter()
-    try:
-        push_id = await intake.accept(request)
-    except RequestError as error:
-        outcome = f"rejected_{error.status}"
-        response = render_error(error)
-        log.info("push_rejected", status=error.status, error=str(error))
-    except Exception:  # a bug: still answer in Parse's shape, never a bare "Internal Server Error"
-        log.exception("intake_bug")
-        outcome = "error"
-        response = render_error(InternalError("unexpected error"))
-    else:
-        outcome = "accepted"
-        response = Response(_ACCEPTED_BODY, 200, {"X-Parse-Push-Status-Id": push_id}, media_type=_JSON)
-    INTAKE_REQUESTS.labels(outcome).inc()
-    INTAKE_LATENCY.labels(outcome).observe(time.perf_counter() - started)
-    return response
+class ParseFront:
+    """Parse's allowCrossDomain headers on every response, OPTIONS → 200 `OK`, and the push hot path.
 
+    `POST {mount}/push` is served here directly on ASGI messages (it is the one request that must be
+    cheap); every other request goes to the Starlette app.
+    """
 
-def render_error(error: RequestError) -> Response:
-    """The one place request errors become HTTP answers."""
-    if isinstance(error, RouteNotFound):
-        return Response(error.html, error.status, media_type="text/html; charset=utf-8")
-    body = parse_quirks.js_json(error.body).encode()
-    response = Response(body, error.status)
-    if error.content_type is None:
-        # Parse sends 403 unauthorized without a Content-Type header (observed 9.10).
-        del response.headers["content-type"]
-    else:
-        response.headers["content-type"] = error.content_type
-    return response
-
-
-async def _operations(path: str, connections: Connections) -> Response:
-    if path == "/health":
-        return Response(b'{"status":"ok"}', media_type=_JSON)
-    if path == "/metrics":
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-    mongo_ok = await ping(connections.mongo)
-    queue_ok = await connections.broker.is_ready()
-    body = parse_quirks.js_json(
-        {"mongo": "ok" if mongo_ok else "down", "queue": "ok" if queue_ok else "down"}
-    )
-    return Response(body, 200 if mongo_ok and queue_ok else 503, media_type=_JSON)
-
-
-class ParseCors:
-    """Parse's allowCrossDomain: the same CORS headers on every response; OPTIONS answers 200 `OK`."""
-
-    def __init__(self, app: ASGIApp, allow_origin: str) -> None:
+    def __init__(self, app: ASGIApp, gateway: _Gateway, settings: Settings) -> None:
         self.app = app
+        self._gateway = gateway
+        self._mounts = {mount.lower() for mount in settings.http.mounts}
+        self._limit = settings.http.max_body_bytes
         self.headers = [
-            (b"access-control-allow-origin", allow_origin.encode()),
+            (b"access-control-allow-origin", settings.http.cors_allow_origin.encode()),
             (b"access-control-allow-methods", parse_quirks.ALLOW_METHODS.encode()),
             (b"access-control-allow-headers", parse_quirks.ALLOW_HEADERS.encode()),
             (b"access-control-expose-headers", parse_quirks.EXPOSE_HEADERS.encode()),
@@ -145,7 +101,10 @@ class ParseCors:
             await self.app(scope, receive, send)
             return
         if scope["method"] == "OPTIONS":
-            await self._preflight(send)
+            await self._answer(send, 200, [(b"content-type", b"text/plain; charset=utf-8")], b"OK")
+            return
+        if scope["method"] == "POST" and self._is_push_path(scope["path"]):
+            await self._push(scope, receive, send)
             return
 
         async def send_with_cors(message: Message) -> None:
@@ -155,7 +114,87 @@ class ParseCors:
 
         await self.app(scope, receive, send_with_cors)
 
-    async def _preflight(self, send: Send) -> None:
-        headers = [*self.headers, (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"2")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b"OK"})
+    def _is_push_path(self, path: str) -> bool:
+        normalized = path.rstrip("/").lower()
+        return normalized.endswith("/push") and normalized.removesuffix("/push") in self._mounts
+
+    async def _push(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        intake = self._gateway.intake
+        try:
+            if intake is None:
+                raise InternalError("intake not started")
+            request = await self._read(scope, receive)
+            push_id = await intake.accept(request)
+        except RequestError as error:
+            outcome = f"rejected_{error.status}"
+            log.info("push_rejected", status=error.status, error=str(error))
+            await self._answer(send, *error_parts(error))
+        except Exception:  # a bug: still answer in Parse's shape, never a bare "Internal Server Error"
+            log.exception("intake_bug")
+            outcome = "error"
+            await self._answer(send, *error_parts(InternalError("unexpected error")))
+        else:
+            outcome = "accepted"
+            headers = [(b"x-parse-push-status-id", push_id.encode()), (b"content-type", _JSON)]
+            await self._answer(send, 200, headers, _ACCEPTED_BODY)
+        INTAKE_REQUESTS.labels(outcome).inc()
+        INTAKE_LATENCY.labels(outcome).observe(time.perf_counter() - started)
+
+    async def _read(self, scope: Scope, receive: Receive) -> PushRequest:
+        """Headers and body; 413 as soon as the declared or received size passes `http.max_body_bytes`."""
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in reversed(scope["headers"])
+        }
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._limit:
+            raise _TOO_LARGE
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._limit:
+                raise _TOO_LARGE
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        client = scope.get("client")
+        return PushRequest(scope["path"], headers, b"".join(chunks), client[0] if client else None)
+
+    async def _answer(self, send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        headers = [*headers, (b"content-length", str(len(body)).encode()), *self.headers]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def error_parts(error: RequestError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The one place request errors become HTTP answers: status, headers, body."""
+    if isinstance(error, RouteNotFound):
+        return error.status, [(b"content-type", b"text/html; charset=utf-8")], error.html.encode()
+    # Parse sends 403 unauthorized without a Content-Type header (observed 9.10): content_type is None.
+    headers = [] if error.content_type is None else [(b"content-type", error.content_type.encode())]
+    return error.status, headers, parse_quirks.js_json(error.body).encode()
+
+
+def render_error(error: RequestError) -> Response:
+    status, headers, body = error_parts(error)
+    response = Response(body, status)
+    response.raw_headers = [*headers, (b"content-length", str(len(body)).encode())]
+    return response
+
+
+async def _operations(path: str, connections: Connections) -> Response:
+    if path == "/health":
+        return Response(b'{"status":"ok"}', media_type=_JSON.decode())
+    if path == "/metrics":
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    mongo_ok = await ping(connections.mongo)
+    queue_ok = await connections.broker.is_ready()
+    body = parse_quirks.js_json(
+        {"mongo": "ok" if mongo_ok else "down", "queue": "ok" if queue_ok else "down"}
+    )
+    return Response(body, 200 if mongo_ok and queue_ok else 503, media_type=_JSON.decode())

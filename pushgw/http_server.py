@@ -63,6 +63,7 @@ def intake_server(settings: Settings, app: object, banner: str | None = None) ->
         log_level="warning",
         timeout_graceful_shutdown=30,
         server_header=False,
+        proxy_headers=False,  # X-Forwarded-For is judged by auth.client_ip against http.trusted_proxies
     )
     return IntakeServer(config, banner)
 

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 from pymongo.errors import PyMongoError
-from starlette.requests import Request
 
 from pushgw import parse_quirks
 from pushgw.auth import authenticate
 from pushgw.broker import PLAN, Broker, PublishError
 from pushgw.clock import Clock
 from pushgw.connections import Connections
-from pushgw.errors import INTERNAL_SERVER_ERROR, InternalError, MalformedJson, RouteNotFound, StatusError
+from pushgw.errors import INTERNAL_SERVER_ERROR, InternalError, MalformedJson, RouteNotFound
 from pushgw.idempotency import Claim, RequestInFlight, RequestLedger
 from pushgw.logs import get_logger
 from pushgw.messages import PlanPush
@@ -26,6 +27,16 @@ from pushgw.push_status import COLLECTION, InsertBatcher, fail_unstarted, new_ob
 from pushgw.settings import AppSettings, Settings
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PushRequest:
+    """One `POST {mount}/push` as received: lower-cased headers, the raw body, the TCP peer."""
+
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+    peer: str | None
 
 
 class Intake:
@@ -51,12 +62,11 @@ class Intake:
             except PyMongoError as error:
                 log.warning("request_ledger_index_deferred", app_id=app.app_id, error=str(error))
 
-    async def accept(self, request: Request) -> str:
+    async def accept(self, request: PushRequest) -> str:
         """Return the new (or, for a repeated X-Parse-Request-Id, the first) push id; raise RequestError."""
-        body = decode_body(await read_body(request, self._settings.http.max_body_bytes), request)
-        _apply_method_override(body, request)
-        peer = request.client.host if request.client else None
-        app = authenticate(request.headers, body, peer, self._settings)
+        body = decode_body(request.body, request.headers.get("content-type"))
+        _apply_method_override(body, request.path)
+        app = authenticate(request.headers, body, request.peer, self._settings)
         push = parse_push(parse_quirks.strip_body_credentials(body), now=self._clock.now())
         push_id = new_object_id()
         request_id = request.headers.get("x-parse-request-id")
@@ -181,24 +191,8 @@ def _plan_item(app: AppSettings, push: Push, push_id: str, *, now: Any, schedule
     )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, or 413 as Express's body parser answers it once `limit` bytes are exceeded."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise StatusError(413, "request entity too large")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise StatusError(413, "request entity too large")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def decode_body(raw: bytes, request: Request) -> dict[str, Any]:
+def decode_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
     """JSON for every content type but forms (parsed as forms) and multipart (ignored), like Parse 9.x."""
-    content_type = request.headers.get("content-type")
     if not parse_quirks.parses_as_json(content_type):
         if "urlencoded" in (content_type or "").lower():
             return _decode_form(raw)
@@ -238,8 +232,8 @@ def _decode_form(raw: bytes) -> dict[str, Any]:
     return {key: values[0] if len(values) == 1 else values for key, values in fields.items()}
 
 
-def _apply_method_override(body: dict[str, Any], request: Request) -> None:
+def _apply_method_override(body: dict[str, Any], path: str) -> None:
     """`"_method": "GET"` turns the POST into a GET, which has no route (middlewares.allowMethodOverride)."""
     override = body.get("_method")
     if isinstance(override, str) and override and override.upper() != "POST":
-        raise RouteNotFound(override, request.url.path)
+        raise RouteNotFound(override, path)
