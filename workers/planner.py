@@ -154,10 +154,16 @@ class Planner:
         mongo_filter: dict[str, Any],
         after: str | None,
     ) -> AsyncIterator[tuple[str, Device | None]]:
-        """One cursor, sorted and hinted on `_id` (see docs/architecture.md: never skip, never page)."""
+        """One cursor sorted on `_id` (see docs/architecture.md: never skip, never page).
+
+        A broad audience is read along the `_id` index (hinted: an unhinted sort scans and sorts in
+        memory); a narrow one that pins an indexed field (`user`, `installationId`) uses that index.
+        """
         query = {"$and": [mongo_filter, {"_id": {"$gt": after}}]} if after else mongo_filter
         collection = database.get_collection(app.collection_prefix + "_Installation")
-        cursor = collection.find(query, _PROJECTION, batch_size=2000).sort("_id", 1).hint("_id_")
+        cursor = collection.find(query, _PROJECTION, batch_size=2000).sort("_id", 1)
+        if not pins_indexed_field(mongo_filter, self._settings.installation_indexes):
+            cursor = cursor.hint("_id_")
         async for row in cursor:
             yield row["_id"], to_device(row)
 
@@ -179,6 +185,26 @@ class Planner:
         await self._broker.publish(SEND, batch.to_bytes(), message_id=f"{item.push_id}:{batch.unit}")
         for device in devices:
             metrics.PLANNED_DEVICES.labels(device.transport).inc()
+
+
+def pins_indexed_field(mongo_filter: dict[str, Any], indexed: list[str]) -> bool:
+    """True when the filter requires an equality or `$in` on an indexed field at its top level."""
+    for key, value in mongo_filter.items():
+        if key == "$and" and isinstance(value, list):
+            if any(isinstance(part, dict) and pins_indexed_field(part, indexed) for part in value):
+                return True
+        elif key in indexed and (not isinstance(value, dict) or "$in" in value or "$eq" in value):
+            return True
+    return False
+
+
+async def ensure_installation_indexes(
+    database: AsyncDatabase[Document], prefix: str, fields: list[str]
+) -> None:
+    """pushgw's optional `_Installation` indexes (Parse creates none): idempotent, named `pushgw_<field>`."""
+    collection = database.get_collection(prefix + "_Installation")
+    for field in fields:
+        await collection.create_index(field, name=f"pushgw_{field}")
 
 
 # Server errors that mean "try again", never "your query is wrong" (MongoDB error codes).

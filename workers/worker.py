@@ -21,7 +21,7 @@ from pushgw.messages import PlanPush, SendBatch, UnknownWorkItem, parse_work_ite
 from pushgw.mongo import app_database
 from pushgw.settings import Settings
 from workers.dead_letters import DEAD_ROUTE, DeadLetters
-from workers.planner import Planner
+from workers.planner import Planner, ensure_installation_indexes
 from workers.providers.provider import Provider
 from workers.scheduler import Scheduler
 from workers.sender import Sender
@@ -52,6 +52,7 @@ class Worker:
         self._consumers: list[Consumer] = []
 
     async def start(self) -> None:
+        await self._ensure_indexes()
         broker, prefetch = self._connections.broker, self._settings.worker.prefetch
         self._consumers = [
             await broker.consume(PLAN, self._handle, prefetch=prefetch),
@@ -59,6 +60,15 @@ class Worker:
             await broker.consume(DEAD_ROUTE, self.dead_letters.keep, prefetch=prefetch),
         ]
         log.info("worker_started", owner=self.owner, transports=sorted(self._providers))
+
+    async def _ensure_indexes(self) -> None:
+        fields = self._settings.worker.installation_indexes
+        for app in self._settings.apps:
+            database = app_database(self._connections.mongo, app)
+            try:
+                await ensure_installation_indexes(database, app.collection_prefix, fields)
+            except PyMongoError as error:  # an index is an optimisation: work on without it
+                log.warning("installation_index_failed", app_id=app.app_id, error=str(error))
 
     async def drain(self) -> None:
         """Stop consuming, give in-flight units `shutdown_timeout_s` to finish, then abandon the rest.

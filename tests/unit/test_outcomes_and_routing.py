@@ -107,3 +107,16 @@ def test_plan_keys() -> None:
     base = PlanPush(app_id="a", push_id="p", where={}, accepted_at=datetime.now(UTC))
     assert plan_key(base) == "all"
     assert plan_key(base.model_copy(update={"utc_offset_min": -300})) == "utc-300"
+
+
+def test_narrow_audiences_use_their_index_broad_ones_the_id_index() -> None:
+    from workers.planner import pins_indexed_field
+
+    indexed = ["_p_user", "installationId"]
+    assert pins_indexed_field(
+        {"$and": [{"_p_user": "_User$a"}, {"$or": [{"deviceToken": {"$exists": True}}]}]}, indexed
+    )
+    assert pins_indexed_field({"installationId": {"$in": ["a", "b"]}}, indexed)
+    assert not pins_indexed_field({"$and": [{"channels": {"$in": ["news"]}}, {"$or": []}]}, indexed)
+    assert not pins_indexed_field({"_p_user": {"$exists": True}}, indexed)
+    assert not pins_indexed_field({"$or": [{"_p_user": "_User$a"}, {"badge": 1}]}, indexed)
