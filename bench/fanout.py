@@ -575,41 +575,56 @@ def log_events(logs: list[Path], since: dict[Path, int] | None = None) -> dict[s
 # ---------------------------------------------------------------- profiling (optional)
 
 
-def start_profilers(stack: Stack, directory: Path | None, label: str) -> list[tuple[Path, float]]:
-    """py-spy (raw stacks, non-blocking) on each worker until stop_profilers; [] without --profile."""
-    if directory is None:
-        return []
+PROFILE_GROUPS = {"workers": ("pushgw/", "workers/"), "secantus": ("secantus/",)}
+Profiles = dict[str, list[tuple[Path, float]]]
+
+
+def start_profilers(stack: Stack, directory: Path | None, label: str) -> Profiles:
+    """py-spy (raw stacks, non-blocking) on each worker and on SecantusDB until stop_profilers."""
+    if directory is None or stack.mongo is None:
+        return {}
+    targets = {"workers": stack.workers, "secantus": [stack.mongo]}
+    profiles: Profiles = {group: [] for group in targets}
+    for group, processes in targets.items():
+        for n, process in enumerate(processes, 1):
+            name = f"{label}-{group}{n}"
+            profiles[group].append((directory / f"{name}.txt", time.monotonic()))
+            stack.profilers.append(
+                spawn(py_spy_args(process.pid, directory / f"{name}.txt"), stack.tmp / f"{name}.log")
+            )
+    say(f"py-spy recording the workers and SecantusDB into {directory}")
+    return profiles
+
+
+def py_spy_args(pid: int, output: Path) -> list[str]:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    outputs = []
-    for n, worker in enumerate(stack.workers, 1):
-        path = directory / f"{label}-worker{n}.txt"
-        stack.profilers.append(spawn(
-            [py_spy, "record", "--pid", str(worker.pid), "--rate", str(PROFILE_RATE_HZ), "--nonblocking",
-             "--nolineno", "--format", "raw", "--duration", "3600", "--output", str(path)],
-            stack.tmp / f"py-spy-{label}-worker{n}.log",
-        ))  # fmt: skip
-        outputs.append((path, time.monotonic()))
-    say(f"py-spy recording the workers into {directory}")
-    return outputs
+    return [py_spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE_HZ), "--nonblocking",
+            "--nolineno", "--format", "raw", "--duration", "3600", "--output", str(output)]  # fmt: skip
 
 
-def stop_profilers(stack: Stack, outputs: list[tuple[Path, float]]) -> dict[str, Any] | None:
-    if not outputs:
+def stop_profilers(stack: Stack, profiles: Profiles) -> dict[str, Any] | None:
+    if not profiles:
         return None
     for profiler in stack.profilers:
         stop_process(profiler, signal.SIGINT)  # py-spy writes its file on Ctrl-C
     stack.profilers.clear()
-    return summarize_profiles([(path, time.monotonic() - started) for path, started in outputs])
+    now = time.monotonic()
+    return {
+        group: summarize_profiles([(path, now - started) for path, started in outputs], PROFILE_GROUPS[group])
+        for group, outputs in profiles.items()
+    }
 
 
-def summarize_profiles(outputs: list[tuple[Path, float]], top: int = 15) -> dict[str, Any]:
-    """Both workers together: pushgw/workers functions by inclusive share, leaf functions by self share."""
+def summarize_profiles(
+    outputs: list[tuple[Path, float]], ours: tuple[str, ...], top: int = 15
+) -> dict[str, Any]:
+    """One group (both workers, or SecantusDB): busy % per process, shares of the group's samples."""
     inclusive: Counter[str] = Counter()
     leaf: Counter[str] = Counter()
     busy: dict[str, float] = {}
     total = 0
     for path, seconds in outputs:
-        samples = read_raw_profile(path, inclusive, leaf) if path.exists() else 0
+        samples = read_raw_profile(path, inclusive, leaf, ours) if path.exists() else 0
         busy[path.stem] = round(100 * samples / (PROFILE_RATE_HZ * seconds), 1)
         total += samples
 
@@ -619,12 +634,12 @@ def summarize_profiles(outputs: list[tuple[Path, float]], top: int = 15) -> dict
     return {
         "samples": total,
         "busy_percent_of_one_core": busy,
-        "ours_inclusive_percent": shares(inclusive),
+        "inclusive_percent": shares(inclusive),
         "self_by_function_percent": shares(leaf),
     }
 
 
-def read_raw_profile(path: Path, inclusive: Counter[str], leaf: Counter[str]) -> int:
+def read_raw_profile(path: Path, inclusive: Counter[str], leaf: Counter[str], ours: tuple[str, ...]) -> int:
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -632,7 +647,7 @@ def read_raw_profile(path: Path, inclusive: Counter[str], leaf: Counter[str]) ->
         total += samples
         leaf[frames[-1]] += samples
         for frame in set(frames):
-            if frame.startswith(("pushgw/", "workers/")) and not frame.startswith("pushgw/cli.py"):
+            if frame.startswith(ours) and not frame.startswith("pushgw/cli.py"):
                 inclusive[frame] += samples
     return total
 
@@ -1007,7 +1022,16 @@ def print_fanout(run: dict[str, Any]) -> None:
     print(cpu_text(run["cpu_percent_of_one_core"]))
     print(log_text(run["worker_log"]))
     if "profile" in run:
-        print(f"    profile: {json.dumps(run['profile'], indent=2)}")
+        print_profile(run["profile"])
+
+
+def print_profile(profile: dict[str, Any]) -> None:
+    for group, part in profile.items():
+        busy = ", ".join(f"{name} {value} %" for name, value in part["busy_percent_of_one_core"].items())
+        print(f"    profile {group}: {part['samples']} samples; busy (% of one core): {busy}")
+        for title, key in (("inclusive", "inclusive_percent"), ("self", "self_by_function_percent")):
+            for frame, share in part[key].items():
+                print(f"      {title:<9} {share:5.1f} %  {frame}")
 
 
 def print_transactional(tx: dict[str, Any]) -> None:

@@ -7,13 +7,13 @@ import json
 import sys
 from typing import Any, TextIO
 
-from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.asynchronous.collection import AsyncCollection
 
 from pushgw.clock import Clock
 from pushgw.connections import Connections
 from pushgw.mongo import Document, app_database
 from pushgw.push_status import COLLECTION, OWN, TERMINAL, fail_push
-from pushgw.settings import AppSettings, Settings
+from pushgw.settings import Settings
 from workers.dead_letters import dead_collection, describe, replay
 
 CANCELLED = "cancelled"
@@ -22,14 +22,14 @@ _BAR = 30
 
 async def find_push(
     settings: Settings, connections: Connections, push_id: str
-) -> tuple[AppSettings, AsyncDatabase[Document], Document] | None:
+) -> tuple[AsyncCollection[Document], Document] | None:
+    """The push's `_PushStatus` collection and row, in whichever configured app has it (else a message)."""
     for app in settings.apps:
-        database = app_database(connections.mongo, app)
-        document = await database.get_collection(app.collection_prefix + COLLECTION).find_one(
-            {"_id": push_id}
-        )
+        collection = app_database(connections.mongo, app).get_collection(app.collection_prefix + COLLECTION)
+        document = await collection.find_one({"_id": push_id})
         if document is not None:
-            return app, database, document
+            return collection, document
+    print(f"push {push_id} not found in any configured app", file=sys.stderr)
     return None
 
 
@@ -56,10 +56,8 @@ async def push_status(
     """Print live progress until the push is final; exit code 0 succeeded, 1 failed, 2 unknown push."""
     found = await find_push(settings, connections, push_id)
     if found is None:
-        print(f"push {push_id} not found in any configured app", file=sys.stderr)
         return 2
-    app, database, document = found
-    collection = database.get_collection(app.collection_prefix + COLLECTION)
+    collection, document = found
     while True:
         out.write("\r" + progress_line(document) + " " * 4)
         out.flush()
@@ -77,10 +75,8 @@ async def push_cancel(settings: Settings, connections: Connections, push_id: str
     """End a push `failed` with reason `cancelled`; its remaining units are skipped by the senders."""
     found = await find_push(settings, connections, push_id)
     if found is None:
-        print(f"push {push_id} not found in any configured app", file=sys.stderr)
         return 2
-    app, database, document = found
-    collection = database.get_collection(app.collection_prefix + COLLECTION)
+    collection, document = found
     if not await fail_push(collection, push_id, 1, CANCELLED):
         print(f"push {push_id} is already {document['status']}; nothing to cancel", file=sys.stderr)
         return 1

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, available_timezones
 
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import PyMongoError
 
-from pushgw.broker import PLAN, PublishError
+from pushgw.broker import PLAN
 from pushgw.clock import Clock
 from pushgw.connections import Connections
 from pushgw.logs import get_logger
 from pushgw.mongo import Document, app_database
 from pushgw.push_status import COLLECTION, OWN, plan_from_status
 from pushgw.settings import AppSettings, Settings
+from workers.periodic import run_every
 from workers.planner import plan_key
 
 log = get_logger(__name__)
@@ -51,13 +50,7 @@ class Scheduler:
         self._clock = clock
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except (PyMongoError, PublishError, OSError) as error:
-                log.warning("scheduler_tick_failed", error=str(error))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._settings.worker.scheduler_interval_s)
+        await run_every(self._settings.worker.scheduler_interval_s, self.tick, stop, "scheduler")
 
     async def tick(self) -> None:
         for app in self._settings.apps:

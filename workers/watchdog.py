@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import timedelta
 
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import PyMongoError
 
 from pushgw import metrics
-from pushgw.broker import PLAN, PublishError
+from pushgw.broker import PLAN
 from pushgw.clock import Clock
 from pushgw.connections import Connections
 from pushgw.logs import get_logger
@@ -19,6 +17,7 @@ from pushgw.mongo import Document, app_database
 from pushgw.push_status import COLLECTION, OWN, fail_push, plan_from_status
 from pushgw.settings import AppSettings, Settings
 from workers.dead_letters import DeadLetters
+from workers.periodic import run_every
 from workers.scheduler import parse_push_time, zone_groups
 
 log = get_logger(__name__)
@@ -34,13 +33,7 @@ class Watchdog:
         self._dead = dead
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except (PyMongoError, PublishError, OSError) as error:
-                log.warning("watchdog_tick_failed", error=str(error))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._settings.worker.watchdog_interval_s)
+        await run_every(self._settings.worker.watchdog_interval_s, self.tick, stop, "watchdog")
 
     async def tick(self) -> None:
         for app in self._settings.apps:
