@@ -796,7 +796,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of gateway load (default 20)")
-    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
+    parser.add_argument("--concurrency", type=int, default=24, help="concurrent clients (default 24)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up load (default 3)")
     parser.add_argument("--ceiling-duration", type=float, default=10.0, help="seconds per ceiling write")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the gateway during the load (raw stacks)")
