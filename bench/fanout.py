@@ -60,8 +60,9 @@ from pushgw.mongo import Document, create_client
 from pushgw.push import parse_push
 from pushgw.push_status import COLLECTION as STATUS
 from pushgw.push_status import TERMINAL, fail_push
-from workers.audience import audience_filter, translate_where
-from workers.planner import _PROJECTION, MongoSubqueries
+from pushgw.settings import WorkerSettings
+from workers.audience import translate_where
+from workers.planner import _PROJECTION, MongoSubqueries, pins_indexed_field, server_filter
 from workers.providers.recording import RECORDED_COLLECTION
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,6 +118,7 @@ class Stack:
     rabbit: AbstractRobustConnection | None = None
     seeded: int = 0
     users: set[int] = field(default_factory=set)
+    installation_indexes: list[str] = field(default_factory=lambda: WorkerSettings().installation_indexes)
 
     @property
     def mongo_uri(self) -> str:
@@ -217,7 +219,8 @@ def write_config(stack: Stack, store: str) -> Path:
         f'[mongo]\nuri = "{stack.mongo_uri}"\n{timeout}\n'
         f'[queue]\nurl = "{RABBIT_URL}"\nprefix = "{stack.prefix}"\n\n'
         f'[http]\nhost = "127.0.0.1"\nport = {stack.http_port}\n\n'
-        "[worker]\nshutdown_timeout_s = 5\n\n"  # teardown must not wait 30 s for abandoned plans
+        "[worker]\nshutdown_timeout_s = 5\n"  # teardown must not wait 30 s for abandoned plans
+        f"installation_indexes = {json.dumps(stack.installation_indexes)}\n\n"
         f'[recording]\ntransports = ["apns", "fcm", "ppns"]\nstore = "{store}"\n\n'
         '[log]\nlevel = "warning"\n\n'
         f'[[apps]]\napp_id = "{APP_ID}"\nmaster_key = "{MASTER_KEY}"\nmongo_database = "{DATABASE}"\n'
@@ -300,12 +303,12 @@ def teardown(stack: Stack, runner: asyncio.Runner) -> None:
     for process in [*stack.workers, stack.gateway]:
         stop_process(process)
     try:
-        runner.run(delete_topology(stack))
-    except (OSError, aio_pika.exceptions.AMQPError, RuntimeError) as error:
-        print(f"WARNING: could not delete queues/exchanges {stack.prefix}.*: {error}", file=sys.stderr)
+        runner.run(asyncio.wait_for(delete_topology(stack), STOP_TIMEOUT_S))
+    except (OSError, aio_pika.exceptions.AMQPError, RuntimeError, TimeoutError) as error:
+        print(f"WARNING: could not delete queues/exchanges {stack.prefix}.*: {error!r}", file=sys.stderr)
     if stack.client is not None:
-        with contextlib.suppress(Exception):
-            runner.run(stack.client.close())
+        with contextlib.suppress(Exception):  # a dead or stuck database must not keep the bench alive
+            runner.run(asyncio.wait_for(stack.client.close(), 10))
     stop_process(stack.mongo)
 
 
@@ -467,18 +470,24 @@ async def seed_users(stack: Stack, indices: list[int]) -> None:
 
 
 async def planner_filter(db: AsyncDatabase[Document], push: dict[str, Any]) -> dict[str, Any]:
-    """The exact filter the planner builds for `push` (parse_push → translate_where → audience_filter)."""
+    """The exact filter the planner sends for `push` (parse_push → translate_where → server_filter)."""
     where = parse_push(dict(push), now=datetime.now(UTC)).where
     runner = MongoSubqueries(db, "")
     schema = await runner.schema_for(INSTALLATIONS)
-    return audience_filter(await translate_where(where, schema, runner, now=datetime.now(UTC)), where)
+    return server_filter(await translate_where(where, schema, runner, now=datetime.now(UTC)))
 
 
-async def drain(db: AsyncDatabase[Document], mongo_filter: dict[str, Any]) -> dict[str, Any]:
-    """The planner's cursor (projection, batch size, sort `_id`, hint `_id_`) fully drained by SecantusDB alone."""
+async def drain(
+    db: AsyncDatabase[Document], mongo_filter: dict[str, Any], indexes: list[str]
+) -> dict[str, Any]:
+    """The planner's cursor fully drained by SecantusDB alone: projection, batch size, sort `_id`, and
+    `hint("_id_")` unless the filter pins one of pushgw's installation indexes (workers/planner.py `_stream`)."""
     collection = db.get_collection(INSTALLATIONS)
+    hinted = not pins_indexed_field(mongo_filter, indexes)
     started = time.perf_counter()
-    cursor = collection.find(mongo_filter, _PROJECTION, batch_size=CURSOR_BATCH).sort("_id", 1).hint("_id_")
+    cursor = collection.find(mongo_filter, _PROJECTION, batch_size=CURSOR_BATCH).sort("_id", 1)
+    if hinted:
+        cursor = cursor.hint("_id_")
     first_s, count = None, 0
     async for _ in cursor:
         count += 1
@@ -486,7 +495,7 @@ async def drain(db: AsyncDatabase[Document], mongo_filter: dict[str, Any]) -> di
     seconds = time.perf_counter() - started
     return {
         "docs": count, "seconds": round(seconds, 3), "docs_per_s": round(count / seconds),
-        "first_doc_s": round(first_s or seconds, 3),
+        "first_doc_s": round(first_s or seconds, 3), "hinted_id": hinted,
     }  # fmt: skip
 
 
@@ -667,14 +676,38 @@ def retries(stack: Stack, push_id: str) -> int:
     return sum('"unit_retry"' in line and push_id in line for line in log_lines(stack.worker_logs))
 
 
-async def wait_final(stack: Stack, push_id: str, deadline_s: float) -> tuple[Document | None, float, str]:
+@dataclass
+class Timeline:
+    """When the polls first saw the planner's first checkpoint (first batch published) and its end."""
+
+    origin: float = field(default_factory=time.perf_counter)
+    first_batch_s: float | None = None
+    planned_s: float | None = None
+
+    def see(self, state: Document, seen: float) -> None:
+        plan = state.get("pushgw", {}).get("plans", {}).get("all", {})
+        if self.first_batch_s is None and plan.get("next_index", 0) >= 1:
+            self.first_batch_s = round(seen - self.origin, 3)
+        if self.planned_s is None and plan.get("done"):
+            self.planned_s = round(seen - self.origin, 3)
+
+
+STATUS_FIELDS = {
+    "status": 1, "numSent": 1, "numFailed": 1, "errorMessage": 1, "pushgw.progress_at": 1,
+    "pushgw.plans.all.next_index": 1, "pushgw.plans.all.done": 1,
+}  # fmt: skip
+
+
+async def wait_final(
+    stack: Stack, push_id: str, deadline_s: float, timeline: Timeline | None = None
+) -> tuple[Document | None, float, str]:
     """Poll `_PushStatus` every FANOUT_POLL_S until final; (document, perf time seen, why it stopped)."""
-    status = stack.db.get_collection(STATUS)
-    fields = {"status": 1, "numSent": 1, "numFailed": 1, "errorMessage": 1, "pushgw.progress_at": 1}
+    status, timeline = stack.db.get_collection(STATUS), timeline or Timeline()
     deadline, noted = time.monotonic() + deadline_s, time.monotonic()
     while True:
-        document = await status.find_one({"_id": push_id}, fields)
+        document = await status.find_one({"_id": push_id}, STATUS_FIELDS)
         seen, state = time.perf_counter(), document or {}
+        timeline.see(state, seen)
         if state.get("status") in TERMINAL:
             return document, seen, "final"
         if time.monotonic() > deadline:
@@ -708,7 +741,8 @@ async def push_and_wait(stack: Stack, size: int, deadline_s: float) -> dict[str,
     finally:
         await connection.close()
     accepted, accepted_wall = time.perf_counter(), datetime.now(UTC)
-    document, seen, ended = await wait_final(stack, push_id, deadline_s)
+    timeline = Timeline(accepted)
+    document, seen, ended = await wait_final(stack, push_id, deadline_s, timeline)
     document = document or {}
     progress_at = document.get("pushgw", {}).get("progress_at")
     seconds = seen - accepted
@@ -725,6 +759,8 @@ async def push_and_wait(stack: Stack, size: int, deadline_s: float) -> dict[str,
         if progress_at
         else None,
         "devices_per_s": round((document.get("numSent") or 0) / seconds),
+        "first_batch_s": timeline.first_batch_s,
+        "planner_done_s": timeline.planned_s,
     }
 
 
@@ -732,7 +768,7 @@ async def fanout_run(stack: Stack, size: int, args: argparse.Namespace) -> dict[
     seeding = await top_up(stack, size)
     mongo_filter = await planner_filter(stack.db, FANOUT_BODY)
     say(f"ceiling before: draining the planner's cursor for {size:,} installations")
-    before = await drain(stack.db, mongo_filter)
+    before = await drain(stack.db, mongo_filter, stack.installation_indexes)
     say(f"  {before['docs_per_s']:,} docs/s; pushing to {size:,} devices")
     deadline_s = args.fanout_deadline or 60 + size / 1000
     profiles = start_profilers(stack, args.profile, f"fanout{size}")
@@ -743,7 +779,7 @@ async def fanout_run(stack: Stack, size: int, args: argparse.Namespace) -> dict[
     say(f"  {push['status']} after {push['seconds']:.2f} s ({push['devices_per_s']:,} devices/s)")
     if push["status"] not in TERMINAL:
         await abandon(stack, push)
-    after = await drain(stack.db, mongo_filter)
+    after = await drain(stack.db, mongo_filter, stack.installation_indexes)
     say(f"ceiling after: {after['docs_per_s']:,} docs/s")
     ceiling = max(before["docs_per_s"], after["docs_per_s"])
     result = {
@@ -858,18 +894,19 @@ async def final_states(db: AsyncDatabase[Document], ids: list[str]) -> Counter[s
     return states
 
 
-async def single_user_cost(db: AsyncDatabase[Document], indices: list[int]) -> dict[str, Any]:
+async def single_user_cost(stack: Stack, indices: list[int]) -> dict[str, Any]:
     """The planner's query for one user, drained with nothing else running: the DB cost of one push.
 
     For reference, the same user read as `{_p_user: …}` sorted on `_id` with no hint and no reachability
     `$or`, which SecantusDB answers from the `_p_user` index: what the database could do per push.
     """
-    runs = [await drain(db, await planner_filter(db, user_push(index))) for index in indices]
+    db, indexes = stack.db, stack.installation_indexes
+    runs = [await drain(db, await planner_filter(db, user_push(index)), indexes) for index in indices]
     seconds = statistics.median(run["seconds"] for run in runs)
     indexed = [await indexed_user_read(db, index) for index in indices]
     indexed_s = statistics.median(indexed)
     return {
-        "samples": len(runs), "median_ms": round(seconds * 1000, 1),
+        "samples": len(runs), "median_ms": round(seconds * 1000, 1), "hinted_id": runs[0]["hinted_id"],
         "docs_returned": [run["docs"] for run in runs],
         "pushes_per_s_ceiling": round(1 / seconds, 1) if seconds else None,
         "indexed_read_median_ms": round(indexed_s * 1000, 2),
@@ -895,14 +932,12 @@ async def transactional_run(stack: Stack, args: argparse.Namespace) -> dict[str,
     seeding = await top_up(stack, max(stack.seeded, args.tx_installations or max(args.sizes)))
     indices = tx_users(stack.seeded, min(args.transactional, stack.seeded))
     await seed_users(stack, indices)
-    if not args.no_user_index:
-        say("creating the _Installation index {_p_user: 1} (what a transactional deployment has)")
-        await stack.db.get_collection(INSTALLATIONS).create_index("_p_user")
     say("restarting the workers with the recording provider's mongo store (pushgw_recorded)")
     await stop_workers(stack)
     await start_workers(stack, "mongo")
     say(f"per-push DB cost: draining the planner's single-user cursor over {stack.seeded:,} installations")
-    cost = await single_user_cost(stack.db, indices[: 3 if stack.seeded <= 50_000 else 1])
+    cost = await single_user_cost(stack, indices[: 3 if stack.seeded <= 50_000 else 1])
+    cost["indexes"] = sorted([index["name"] async for index in await stack.db[INSTALLATIONS].list_indexes()])
     say(
         f"  {cost['median_ms']:.0f} ms per single-user query → ≤ {cost['pushes_per_s_ceiling']} pushes/s "
         f"(indexed read without hint/$or: {cost['indexed_read_median_ms']} ms)"
@@ -920,7 +955,6 @@ async def transactional_run(stack: Stack, args: argparse.Namespace) -> dict[str,
         say(f"!!! {len(ids) - final:,} pushes not final after {args.tx_deadline:.0f} s")
     return await tx_result(stack, load, ids, final) | {
         "population": stack.seeded, "seeding": seeding, "single_user_query": cost, "unsent": load.unsent,
-        "user_index": not args.no_user_index,
         "concurrency": args.tx_concurrency, "cpu_percent_of_one_core": cpu,
         "worker_log": log_events(stack.worker_logs, marks),
     }  # fmt: skip
@@ -1013,6 +1047,11 @@ def print_fanout(run: dict[str, Any]) -> None:
         f"first doc {before['first_doc_s']:.2f} s), after {after['docs_per_s']:,} docs/s "
         f"({after['seconds']:.2f} s)  → fan-out = {run['share_percent']} % of {run['ceiling_docs_per_s']:,}"
     )
+    print(
+        f"    timeline (polls, from the 200): first batch published {run['first_batch_s']} s, planner done "
+        f"{run['planner_done_s']} s, {run['status']} {run['seconds']} s  |  DB alone: first doc "
+        f"{before['first_doc_s']} s, drained {before['seconds']} s"
+    )
     if run["seeding"]["inserted"]:
         print(
             f"    seeding: {run['seeding']['inserted']:,} inserted at {run['seeding']['docs_per_s']:,} docs/s"
@@ -1050,14 +1089,15 @@ def print_transactional(tx: dict[str, Any]) -> None:
     )
     print(f"    accept→provider, delivered pushes:      {latency_text(tx['latency_ms_delivered'])}")
     print(f"    accept→provider, all (undelivered = ∞): {latency_text(tx['latency_ms_all'])}")
+    form = "sort _id, hint _id_" if cost["hinted_id"] else "sort _id, no hint: pins an indexed field"
     print(
-        f"    DB cost of one single-user planner query (sort _id, hint _id_): {cost['median_ms']} ms median "
+        f"    DB cost of one single-user planner query ({form}): {cost['median_ms']} ms median "
         f"of {cost['samples']} → ≤ {cost['pushes_per_s_ceiling']} pushes/s on this database"
     )
     print(
-        f"    reference: {{_p_user: …}} sorted on _id, no hint, no reachability $or "
-        f"(index {{_p_user: 1}} {'present' if tx['user_index'] else 'ABSENT'}): "
-        f"{cost['indexed_read_median_ms']} ms → ≤ {cost['indexed_reads_per_s']} reads/s"
+        f"    reference: {{_p_user: …}} alone, sorted on _id, no hint, no reachability $or: "
+        f"{cost['indexed_read_median_ms']} ms → ≤ {cost['indexed_reads_per_s']} reads/s; "
+        f"_Installation indexes: {', '.join(cost['indexes'])}"
     )
     print(cpu_text(tx["cpu_percent_of_one_core"]))
     print(log_text(tx["worker_log"]))
@@ -1137,7 +1177,8 @@ async def run_cancellable(stack: Stack, args: argparse.Namespace, results: dict[
 def config_summary(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "sizes": args.sizes, "transactional": args.transactional, "tx_concurrency": args.tx_concurrency,
-        "queue_prefix": stack.prefix, "mongo_timeout_ms": stack.mongo_timeout_ms or "pushgw default (5000)",
+        "queue_prefix": stack.prefix, "installation_indexes": stack.installation_indexes,
+        "mongo_timeout_ms": stack.mongo_timeout_ms or "pushgw default (5000)",
         "profile": str(args.profile) if args.profile else None,
         "machine_busy_before_start_percent": args.busy_before_start,
         "note": "one SecantusDB (temp storage, single core) holds _Installation, _PushStatus and "
@@ -1184,7 +1225,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="S",
         help="stop sending after S s, then wait at most S s for the sent pushes to become final (default 300)",
     )
-    add("--no-user-index", action="store_true", help="do not create the {_p_user: 1} index for the tx run")
+    add(
+        "--no-user-index",
+        action="store_true",
+        help="run pushgw with worker.installation_indexes = [] (default: pushgw's, _p_user and installationId)",
+    )
     add(
         "--keep-logs",
         type=Path,
@@ -1270,6 +1315,8 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(
         Path(tempfile.mkdtemp(prefix="pushgw-fanout-")), mongo_timeout_ms=args.mongo_timeout_ms or None
     )
+    if args.no_user_index:
+        stack.installation_indexes = []
     results: dict[str, Any] = {"config": config_summary(stack, args), "fanout": []}
     stopped = run_all(stack, args, results)
     if stopped is not None and not results["fanout"] and "transactional" not in results:

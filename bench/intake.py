@@ -805,7 +805,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true", help="end with one JSON object holding every number")
     parser.add_argument(
-        "--processes", type=int, default=1, help="intake processes (`http.processes`; CPU shown is the parent's)"
+        "--processes",
+        type=int,
+        default=1,
+        help="intake processes (`http.processes`; CPU shown is the parent's)",
     )
     return parser.parse_args(argv)
 

@@ -39,6 +39,7 @@ __all__ = [
     "audience_filter",
     "badge_filter",
     "channels_where",
+    "conjoin",
     "translate_where",
 ]
 
@@ -110,7 +111,17 @@ def audience_filter(translated: dict[str, Any], where: Any) -> dict[str, Any]:
     reachable = {
         "$or": [{"deviceToken": {"$exists": True}}, {"deviceType": "embedded"}, {"pushType": "ppns"}]
     }
-    return {"$and": [translated, reachable]} if translated else reachable
+    return conjoin(translated, reachable)
+
+
+def conjoin(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Both filters; one flat document when their keys differ, so the server sees indexable top-level keys
+    (SecantusDB plans no index inside `$and`)."""
+    if not first or not second:
+        return first or second
+    if first.keys().isdisjoint(second):
+        return {**first, **second}
+    return {"$and": [first, second]}
 
 
 def badge_filter(translated: dict[str, Any], where: Any) -> dict[str, Any]:

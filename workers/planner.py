@@ -19,7 +19,7 @@ from pushgw.messages import Device, PlanPush, SendBatch
 from pushgw.mongo import Document
 from pushgw.push_status import OWN, StatusStore
 from pushgw.settings import AppSettings, WorkerSettings
-from workers.audience import ClassSchema, QueryError, audience_filter, translate_where
+from workers.audience import ClassSchema, QueryError, conjoin, translate_where
 from workers.badge import BadgeError, badge_rule
 from workers.providers.provider import TOKEN_TRANSPORTS, transport_for
 
@@ -111,10 +111,7 @@ class Planner:
         runner = MongoSubqueries(database, app.collection_prefix)
         schema = await runner.schema_for("_Installation")
         translated = await translate_where(item.where, schema, runner, now=self._clock.now())
-        mongo_filter = audience_filter(translated, item.where)
-        if item.time_zones is not None:
-            mongo_filter = {"$and": [mongo_filter, {"timeZone": {"$in": item.time_zones}}]}
-        return mongo_filter
+        return server_filter(translated, item.time_zones)
 
     async def _publish_batches(
         self, plan: _Plan, mongo_filter: dict[str, Any], state: dict[str, Any]
@@ -159,13 +156,13 @@ class Planner:
         A broad audience is read along the `_id` index (hinted: an unhinted sort scans and sorts in
         memory); a narrow one that pins an indexed field (`user`, `installationId`) uses that index.
         """
-        query = {"$and": [mongo_filter, {"_id": {"$gt": after}}]} if after else mongo_filter
+        query = conjoin(mongo_filter, {"_id": {"$gt": after}}) if after else mongo_filter
         collection = database.get_collection(app.collection_prefix + "_Installation")
         cursor = collection.find(query, _PROJECTION, batch_size=2000).sort("_id", 1)
         if not pins_indexed_field(mongo_filter, self._settings.installation_indexes):
             cursor = cursor.hint("_id_")
         async for row in cursor:
-            yield row["_id"], to_device(row)
+            yield row["_id"], to_device(row) if is_reachable(row) else None
 
     async def _publish(self, plan: _Plan, index: int, devices: list[Device]) -> None:
         item = plan.item
@@ -185,6 +182,21 @@ class Planner:
         await self._broker.publish(SEND, batch.to_bytes(), message_id=f"{item.push_id}:{batch.unit}")
         for device in devices:
             metrics.PLANNED_DEVICES.labels(device.transport).inc()
+
+
+def server_filter(translated: dict[str, Any], time_zones: list[str] | None = None) -> dict[str, Any]:
+    """What the planner asks MongoDB: Parse's translated `where` (plus a local-time group's zones).
+
+    pushgw's reachability rule (`audience_filter`: a token, or a PPNS installation) is checked on each
+    row by `is_reachable` instead of in the query: SecantusDB uses no index once an `$or` is present (a
+    single-user push took 4 s instead of 6 ms), and the rule only drops rows Parse would skip anyway.
+    """
+    return conjoin(translated, {"timeZone": {"$in": time_zones}}) if time_zones is not None else translated
+
+
+def is_reachable(row: Document) -> bool:
+    """`audience_filter`'s rule on one row: `deviceToken` present (even null, like `$exists`) or PPNS."""
+    return "deviceToken" in row or row.get("deviceType") == "embedded" or row.get("pushType") == "ppns"
 
 
 def pins_indexed_field(mongo_filter: dict[str, Any], indexed: list[str]) -> bool:
