@@ -134,12 +134,19 @@ class Stack:
         named |= {f"worker{n}": worker for n, worker in enumerate(self.workers, 1)}
         return {name: p.pid for name, p in named.items() if p is not None} | {"bench": os.getpid()}
 
-    def check_alive(self) -> None:
+    def exited(self) -> list[str]:
+        """Children that ended although the run still needs them (something outside may have killed them)."""
         named = [("SecantusDB", self.mongo), ("pushgw serve", self.gateway)]
         named += [(f"worker{n}", worker) for n, worker in enumerate(self.workers, 1)]
-        for name, process in named:
-            if process is not None and process.poll() is not None:
-                raise BenchError(f"{name} exited with code {process.returncode}")
+        return [
+            f"{name} (pid {process.pid}) exited with code {process.returncode}"
+            for name, process in named
+            if process is not None and process.poll() is not None
+        ]
+
+    def check_alive(self) -> None:
+        if gone := self.exited():
+            raise BenchError("; ".join(gone))
 
 
 def free_port() -> int:
@@ -734,6 +741,7 @@ async def probe(stack: Stack) -> None:
 
 
 async def push_and_wait(stack: Stack, size: int, deadline_s: float) -> dict[str, Any]:
+    stack.check_alive()
     connection = HttpConnection(stack.http_port)
     posted = time.perf_counter()
     try:
@@ -1294,8 +1302,10 @@ def run_all(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> 
         except (KeyboardInterrupt, asyncio.CancelledError):
             say("interrupted: stopping everything this bench started")
             return 130
-        except BenchError as error:
-            say(f"FAILED: {error}")
+        except (BenchError, OSError, PyMongoError, aio_pika.exceptions.AMQPError) as error:
+            say(f"FAILED: {type(error).__name__}: {error}")
+            for gone in stack.exited():  # a child that died explains most failures
+                say(f"  {gone}")
             return 2
         finally:
             say("stopping processes, deleting queues and the temp dir")

@@ -96,7 +96,8 @@ class WorkerSettings(Section):
     badge_device_types: list[str] | None = None
     scheduler_interval_s: float = Field(default=5.0, gt=0)
     watchdog_interval_s: float = Field(default=30.0, gt=0)
-    planner_lease_s: float = Field(default=60.0, gt=0)
+    planner_lease_s: float = Field(default=300.0, gt=0)
+    planning_timeout_s: float = Field(default=3600.0, gt=0)
     stale_pending_s: float = Field(default=3600.0, gt=0)
     stalled_running_s: float = Field(default=7200.0, gt=0)
     dead_letter_grace_s: float = Field(default=600.0, ge=0)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import pymongo
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
@@ -78,7 +79,10 @@ class Planner:
             return
         plan = _Plan(item, app, database, store, key, state.get("expiry_ms") or self._expiry_ms(item))
         try:
-            devices = await self._publish_batches(plan, mongo_filter, state)
+            # A whole-collection scan can take longer than mongo.timeout_ms before its first row (SecantusDB
+            # answers after the full scan): planning gets its own, longer deadline.
+            with pymongo.timeout(self._settings.planning_timeout_s):
+                devices = await self._publish_batches(plan, mongo_filter, state)
         except OperationFailure as error:
             if not is_query_error(error):
                 raise
