@@ -147,13 +147,17 @@ async def run_worker_until(
 ) -> None:
     """Run one worker until `stop` is set, then drain."""
     worker = Worker(settings, connections, providers, clock)
+    metrics_server = None
     if settings.worker.metrics_port is not None:
-        start_http_server(settings.worker.metrics_port, settings.worker.metrics_host)
+        metrics_server, _ = start_http_server(settings.worker.metrics_port, settings.worker.metrics_host)
         log.info("metrics_listening", host=settings.worker.metrics_host, port=settings.worker.metrics_port)
     await worker.start()
     loops = [asyncio.create_task(worker.scheduler.run(stop)), asyncio.create_task(worker.watchdog.run(stop))]
     await stop.wait()
     await worker.drain()
+    if metrics_server is not None:
+        metrics_server.shutdown()
+        metrics_server.server_close()
     await asyncio.gather(*loops)
     for provider in {id(p): p for p in providers.values()}.values():
         with contextlib.suppress(Exception):

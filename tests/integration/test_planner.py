@@ -172,7 +172,8 @@ def test_worker_serves_prometheus_metrics(
     settings = make_settings(worker={**FLEET, "metrics_port": port}, recording=RECORD_ALL)
     gateway, _ = gateway_factory(settings), worker_factory(settings)
     final_status(mongo, db_name, send(gateway, {"where": {}, "data": {"alert": "m"}}))
-    metrics = httpx2.get(f"http://127.0.0.1:{port}/metrics").text
+    with httpx2.Client() as client:
+        metrics = client.get(f"http://127.0.0.1:{port}/metrics").text
     assert 'pushgw_devices_total{outcome="failed",reason="unsupported",transport="unsupported"}' in metrics
     assert 'pushgw_devices_total{outcome="sent",reason="",transport="apns"}' in metrics
     assert (
