@@ -73,7 +73,7 @@ DELAY_TIERS_S = (5, 30, 120, 600, 1800)  # pushgw's default worker.delay_tiers_s
 FANOUT_BODY: dict[str, Any] = {"channels": ["news"], "data": {"alert": "bench fan-out"}}
 PROBE_BODY: dict[str, Any] = {"channels": ["bench-probe-nobody"], "data": {"alert": "probe"}}
 SEED_CHUNK, CURSOR_BATCH = 2000, 2000  # CURSOR_BATCH: the planner's find(batch_size=…)
-FANOUT_POLL_S, TX_POLL_S, PROGRESS_EVERY_S = 0.05, 0.25, 5.0
+FANOUT_POLL_S, TX_POLL_S, PROGRESS_EVERY_S = 0.05, 1.0, 5.0  # tx latency comes from pushgw_recorded
 START_TIMEOUT_S, STOP_TIMEOUT_S, PROBE_TIMEOUT_S = 60.0, 30.0, 120.0
 GIVE_UP_RETRIES = 2  # a fan-out push whose units the workers retried this often will not finish
 BENCH_MONGO_TIMEOUT_MS = 900_000  # the bench's own reads (ceiling drains) must never time out
@@ -868,10 +868,17 @@ async def send_transactional(port: int, indices: list[int], concurrency: int, wi
     return load
 
 
-async def wait_all_final(stack: Stack, ids: list[str], deadline_s: float) -> int:
-    status, deadline, noted = stack.db.get_collection(STATUS), time.monotonic() + deadline_s, time.monotonic()
+async def final_count(stack: Stack) -> int:
+    """Final `_PushStatus` documents. Deliberately no `_id: {$in: …}`: SecantusDB matches such a list
+    document by document in Python, and a poll that costly would compete with the pushes it observes."""
+    return await stack.db.get_collection(STATUS).count_documents({"status": {"$in": list(TERMINAL)}})
+
+
+async def wait_all_final(stack: Stack, ids: list[str], baseline: int, deadline_s: float) -> int:
+    """Poll until the pushes of `ids` are final: final documents beyond the `baseline` counted before."""
+    deadline, noted = time.monotonic() + deadline_s, time.monotonic()
     while True:
-        done = await status.count_documents({"_id": {"$in": ids}, "status": {"$in": list(TERMINAL)}})
+        done = await final_count(stack) - baseline
         if done >= len(ids) or time.monotonic() > deadline:
             return done
         stack.check_alive()
@@ -951,21 +958,24 @@ async def transactional_run(stack: Stack, args: argparse.Namespace) -> dict[str,
         f"(indexed read without hint/$or: {cost['indexed_read_median_ms']} ms)"
     )
     say(f"sending {len(indices):,} single-user pushes, {args.tx_concurrency} clients")
+    baseline = await final_count(stack)
+    profiles = start_profilers(stack, args.profile, "transactional")
     meter, marks = CpuMeter(stack.pids()), log_marks(stack.worker_logs)
     load = await send_transactional(stack.http_port, indices, args.tx_concurrency, args.tx_deadline)
     say(
         f"  {len(load.accepted):,} accepted in {load.elapsed_s:.1f} s ({load.unsent:,} not sent: window over)"
     )
     ids = list(load.accepted)
-    final = await wait_all_final(stack, ids, args.tx_deadline)
+    final = await wait_all_final(stack, ids, baseline, args.tx_deadline)
     cpu = meter.percent()
+    profile = await asyncio.to_thread(stop_profilers, stack, profiles)
     if final < len(ids):
         say(f"!!! {len(ids) - final:,} pushes not final after {args.tx_deadline:.0f} s")
     return await tx_result(stack, load, ids, final) | {
         "population": stack.seeded, "seeding": seeding, "single_user_query": cost, "unsent": load.unsent,
         "concurrency": args.tx_concurrency, "cpu_percent_of_one_core": cpu,
         "worker_log": log_events(stack.worker_logs, marks),
-    }  # fmt: skip
+    } | ({"profile": profile} if profile else {})  # fmt: skip
 
 
 async def tx_result(stack: Stack, load: TxLoad, ids: list[str], final: int) -> dict[str, Any]:
@@ -1109,6 +1119,8 @@ def print_transactional(tx: dict[str, Any]) -> None:
     )
     print(cpu_text(tx["cpu_percent_of_one_core"]))
     print(log_text(tx["worker_log"]))
+    if "profile" in tx:
+        print_profile(tx["profile"])
 
 
 def print_report(results: dict[str, Any]) -> None:
@@ -1193,7 +1205,7 @@ def config_summary(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "pushgw_recorded, as pushgw needs; RabbitMQ at 127.0.0.1:5672; pushgw's worker defaults "
         "(batch_size 500, prefetch 4); everything shares the machine's cores; the intake's _PushStatus "
         "inserts queue behind planner scans (no separate database possible: one mongo.uri)"
-        + ("; py-spy runs during the fan-out pushes (numbers disturbed)" if args.profile else ""),
+        + ("; py-spy runs during the push phases (numbers disturbed)" if args.profile else ""),
     }  # fmt: skip
 
 
@@ -1253,7 +1265,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="MS",
         help="pushgw's mongo.timeout_ms (default: unset)",
     )
-    add("--profile", type=Path, metavar="DIR", help="py-spy the two workers during each fan-out push")
+    add("--profile", type=Path, metavar="DIR", help="py-spy workers and SecantusDB during each push phase")
     add("--wait-quiet", type=float, default=0.0, metavar="S", help="first wait up to S s for an idle machine")
     add("--json", action="store_true", help="end with one JSON object holding every number")
     args = parser.parse_args(argv)
