@@ -12,10 +12,10 @@ from typing import Any, Protocol
 import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
-    AbstractRobustConnection,
 )
 from pamqp.commands import Basic
 
@@ -132,50 +132,100 @@ def create_broker(settings: QueueSettings, delay_tiers_s: Sequence[int] = (5,)) 
     return RabbitBroker(settings, delay_tiers_s)
 
 
+_CONNECT_ERRORS = (TimeoutError, OSError, aio_pika.exceptions.AMQPError)
+
+
 class RabbitBroker:
-    """RabbitMQ over one robust connection; topology declared idempotently on every (re)connect."""
+    """RabbitMQ over one connection that pushgw supervises itself.
+
+    Whenever the connection or one of its channels goes away unexpectedly (broker restart, network cut,
+    channel error), the whole link is rebuilt with backoff: connection, topology, publisher channel and
+    every consumer that has not been cancelled. aio-pika's robust connection is not used: after a
+    `rabbitmqctl stop_app`/`start_app` it kept "reconnecting" without restoring consumers.
+    """
 
     def __init__(self, settings: QueueSettings, delay_tiers_s: Sequence[int] = (5,)) -> None:
         self._settings = settings
         self.topology = Topology(settings.prefix, settings.delivery_limit, tuple(delay_tiers_s))
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._delay_exchange: AbstractExchange | None = None
-        self._connector: asyncio.Task[None] | None = None
+        self._consumers: list[_RabbitConsumer] = []
+        self._reconnector: asyncio.Task[None] | None = None
+        self._teardowns: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     async def start(self) -> None:
         """Connect now if the broker answers; otherwise keep trying in the background (see is_ready)."""
         try:
             await self._connect()
-        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as error:
-            log.warning("broker_unreachable", error=str(error))
-            self._connector = asyncio.create_task(self._connect_with_backoff())
+        except _CONNECT_ERRORS as error:
+            _log_connect_failure(error)
+            self._reconnect_soon()
 
-    async def _connect_with_backoff(self) -> None:
+    def _reconnect_soon(self) -> None:
+        if self._closing or (self._reconnector is not None and not self._reconnector.done()):
+            return
+        self._reconnector = asyncio.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
         delay_s = 0.5
-        while self._exchange is None:
-            await asyncio.sleep(delay_s)  # startup reconnect backoff, never per message
+        while not self._closing:
+            await asyncio.sleep(delay_s)  # reconnect backoff, never per message
             try:
                 await self._connect()
-            except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as error:
-                log.warning("broker_unreachable", error=str(error))
+                return
+            except _CONNECT_ERRORS as error:
+                _log_connect_failure(error)
                 delay_s = min(delay_s * 2, 10.0)
 
     async def _connect(self) -> None:
-        connection = await aio_pika.connect_robust(
-            self._settings.url, timeout=self._settings.publish_timeout_s
-        )
+        connection = await aio_pika.connect(self._settings.url, timeout=self._settings.publish_timeout_s)
         try:
             channel = await connection.channel(publisher_confirms=True)
             exchange = await declare_topology(channel, self.topology)
             delay_exchange = await channel.get_exchange(self.topology.delay_exchange)
+            for consumer in self._consumers:
+                if not consumer.cancelled:
+                    await consumer.attach(connection, self._channel_lost)
         except BaseException:
             await connection.close()
             raise
+        if self._closing:
+            await connection.close()
+            return
         self._connection, self._channel, self._exchange = connection, channel, exchange
         self._delay_exchange = delay_exchange
-        log.info("broker_connected", prefix=self.topology.prefix)
+        connection.close_callbacks.add(self._connection_lost)
+        channel.close_callbacks.add(self._channel_lost)
+        log.info("broker_connected", prefix=self.topology.prefix, consumers=len(self._consumers))
+
+    def _connection_lost(self, connection: AbstractConnection | None, error: BaseException | None) -> None:
+        if self._closing or connection is None or connection is not self._connection:
+            return
+        log.warning("broker_connection_lost", error=f"{type(error).__name__}: {error}")
+        self._connection = self._channel = self._exchange = self._delay_exchange = None
+        self._close_soon(connection)  # marks it closed for aio-pika, whose __del__ would otherwise close it
+        self._reconnect_soon()
+
+    def _channel_lost(self, channel: object, error: BaseException | None) -> None:
+        """A channel closed under us (e.g. a channel error): rebuild the whole link, consumers included."""
+        connection = self._connection
+        if self._closing or connection is None or connection.is_closed:
+            return
+        live = channel is self._channel or any(
+            channel is consumer.channel and not consumer.cancelled for consumer in self._consumers
+        )
+        if not live:
+            return  # a channel of a cancelled consumer or of an earlier link
+        log.warning("broker_channel_lost", error=f"{type(error).__name__}: {error}")
+        self._close_soon(connection)
+
+    def _close_soon(self, connection: AbstractConnection) -> None:
+        teardown = asyncio.get_running_loop().create_task(connection.close())
+        self._teardowns.add(teardown)
+        teardown.add_done_callback(self._teardowns.discard)
 
     async def publish(self, route: str, body: bytes, *, message_id: str) -> None:
         await self._publish(self._exchange, route, body, message_id)
@@ -206,18 +256,13 @@ class RabbitBroker:
             )
 
     async def consume(self, route: str, handler: Handler, *, prefetch: int) -> Consumer:
-        """Consume on a channel of its own; the robust connection restores it after a reconnect."""
+        """Consume on a channel of its own; re-attached to every new connection until cancelled."""
         if self._connection is None:
             raise PublishError("not connected to the broker")
-        channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.get_queue(self.topology.queue(route), ensure=False)
-
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            await handler(_RabbitDelivery(message))
-
-        tag = await queue.consume(on_message)
-        return _RabbitConsumer(channel, queue, tag)
+        consumer = _RabbitConsumer(self.topology.queue(route), handler, prefetch)
+        await consumer.attach(self._connection, self._channel_lost)
+        self._consumers.append(consumer)
+        return consumer
 
     async def is_ready(self) -> bool:
         channel, connection = self._channel, self._connection
@@ -229,12 +274,14 @@ class RabbitBroker:
         )
 
     async def close(self) -> None:
-        if self._connector is not None:
-            self._connector.cancel()
+        self._closing = True
+        if self._reconnector is not None:
+            self._reconnector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._connector
+                await self._reconnector
         if self._connection is not None:
             await self._connection.close()
+        await asyncio.gather(*self._teardowns, return_exceptions=True)
         self._connection = self._channel = self._exchange = self._delay_exchange = None
 
 
@@ -278,16 +325,35 @@ class _RabbitDelivery:
 
 
 class _RabbitConsumer:
-    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, tag: str) -> None:
-        self._channel, self._queue, self._tag = channel, queue, tag
+    """One `consume()` registration; `attach` (re)starts it on a connection."""
+
+    def __init__(self, queue_name: str, handler: Handler, prefetch: int) -> None:
+        self._queue_name, self._handler, self._prefetch = queue_name, handler, prefetch
+        self.channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self.cancelled = False
+
+    async def attach(
+        self, connection: AbstractConnection, on_lost: Callable[[object, BaseException | None], None]
+    ) -> None:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=self._prefetch)
+        queue = await channel.get_queue(self._queue_name, ensure=False)
+        handler = self._handler
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await handler(_RabbitDelivery(message))
+
+        self._tag = await queue.consume(on_message)
+        self.channel, self._queue = channel, queue
+        channel.close_callbacks.add(on_lost)
 
     async def cancel(self) -> None:
-        with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError):
-            await self._queue.cancel(self._tag)
-
-    async def close(self) -> None:
-        with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError):
-            await self._channel.close()
+        self.cancelled = True
+        if self._queue is not None and self._tag is not None:
+            with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError):
+                await self._queue.cancel(self._tag)
 
 
 async def declare_topology(channel: AbstractChannel, topology: Topology) -> AbstractExchange:
