@@ -62,7 +62,7 @@ from pushgw.push_status import COLLECTION as STATUS
 from pushgw.push_status import TERMINAL, fail_push
 from pushgw.settings import WorkerSettings
 from workers.audience import translate_where
-from workers.planner import _PROJECTION, MongoSubqueries, pins_indexed_field, server_filter
+from workers.planner import _PROJECTION, MongoSubqueries, SchemaCache, pins_indexed_field, server_filter
 from workers.providers.recording import RECORDED_COLLECTION
 
 REPO = Path(__file__).resolve().parent.parent
@@ -479,7 +479,7 @@ async def seed_users(stack: Stack, indices: list[int]) -> None:
 async def planner_filter(db: AsyncDatabase[Document], push: dict[str, Any]) -> dict[str, Any]:
     """The exact filter the planner sends for `push` (parse_push → translate_where → server_filter)."""
     where = parse_push(dict(push), now=datetime.now(UTC)).where
-    runner = MongoSubqueries(db, "")
+    runner = MongoSubqueries(db, "", SchemaCache(0))
     schema = await runner.schema_for(INSTALLATIONS)
     return server_filter(await translate_where(where, schema, runner, now=datetime.now(UTC)))
 

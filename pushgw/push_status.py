@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bson.errors import InvalidDocument
-from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
 
@@ -83,15 +82,22 @@ class StatusStore:
         self._clock = clock
 
     async def claim_plan(self, push_id: str, key: str, owner: str, lease_s: float) -> Document | None:
-        """Take the planning lease of one plan (`all`, or one UTC offset group); None if it is not ours."""
+        """Take the planning lease of one plan (`all`, or one UTC offset group); None if it is not ours.
+
+        An `update_one` then a read, not `find_one_and_update`: SecantusDB runs findAndModify as a scan of
+        the whole collection (45 ms at 5,000 pushes, vs 1.2 ms for both of these). Only the lease holder
+        writes the plan's fields, so the read sees what the claim left.
+        """
         now = self._clock.now()
         lease = f"{OWN}.plans.{key}.lease_until"
-        return await self.collection.find_one_and_update(
+        claimed = await self.collection.update_one(
             {
                 "_id": push_id,
                 "status": {"$in": ["pending", "running"]},
                 f"{OWN}.plans.{key}.done": {"$ne": True},
-                "$or": [{lease: {"$exists": False}}, {lease: {"$lt": now}}],
+                # "no lease or an expired one", without `$or`: SecantusDB drops the `_id` index under a
+                # top-level `$or` and scans every push (41 ms vs 0.35 ms at 5,000 pushes).
+                lease: {"$not": {"$gte": now}},
             },
             {
                 "$set": {
@@ -103,8 +109,10 @@ class StatusStore:
                 "$max": {f"{OWN}.plans_expected": 1},
                 "$inc": {f"{OWN}.devices_done": 0, f"{OWN}.audience": 0, f"{OWN}.plans_done": 0},
             },
-            return_document=ReturnDocument.AFTER,
         )
+        if claimed.matched_count != 1:
+            return None
+        return await self.collection.find_one({"_id": push_id})
 
     async def checkpoint_plan(
         self, push_id: str, key: str, owner: str, cursor: Document, lease_s: float

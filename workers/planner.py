@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pymongo
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
@@ -58,6 +60,7 @@ class Planner:
         self._broker = broker
         self._clock = clock
         self._owner = owner
+        self._schemas = SchemaCache(settings.schema_cache_s)
 
     async def plan_push(self, item: PlanPush, app: AppSettings, database: AsyncDatabase[Document]) -> None:
         store = StatusStore(database.get_collection(app.collection_prefix + "_PushStatus"), self._clock)
@@ -112,7 +115,7 @@ class Planner:
     async def _audience(
         self, item: PlanPush, app: AppSettings, database: AsyncDatabase[Document]
     ) -> dict[str, Any]:
-        runner = MongoSubqueries(database, app.collection_prefix)
+        runner = MongoSubqueries(database, app.collection_prefix, self._schemas)
         schema = await runner.schema_for("_Installation")
         translated = await translate_where(item.where, schema, runner, now=self._clock.now())
         return server_filter(translated, item.time_zones)
@@ -260,12 +263,31 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+class SchemaCache:
+    """`_SCHEMA` documents kept for `ttl_s`, as Parse Server caches its schema: one read per class and
+    period instead of one per push (a single-user push is otherwise one read more on the hot path)."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self._ttl_s = ttl_s
+        self._entries: dict[tuple[str, str], tuple[float, ClassSchema]] = {}
+
+    async def schema_for(self, collection: AsyncCollection[Document], class_name: str) -> ClassSchema:
+        key, now = (collection.full_name, class_name), time.monotonic()
+        cached = self._entries.get(key)
+        if cached is not None and now - cached[0] < self._ttl_s:
+            return cached[1]
+        schema = ClassSchema.from_document(await collection.find_one({"_id": class_name}))
+        self._entries[key] = (now, schema)
+        return schema
+
+
 class MongoSubqueries:
     """Subquery reads for audience translation: `_SCHEMA`, other classes, and `_Join` relation tables."""
 
-    def __init__(self, database: AsyncDatabase[Document], prefix: str) -> None:
+    def __init__(self, database: AsyncDatabase[Document], prefix: str, schemas: SchemaCache) -> None:
         self._database = database
         self._prefix = prefix
+        self._schemas = schemas
 
     async def distinct_values(self, class_name: str, mongo_filter: dict[str, Any], field: str) -> list[Any]:
         """MongoDB `distinct` semantics: dotted paths followed, array values flattened."""
@@ -274,8 +296,9 @@ class MongoSubqueries:
         )
 
     async def schema_for(self, class_name: str) -> ClassSchema:
-        document = await self._database.get_collection(self._prefix + "_SCHEMA").find_one({"_id": class_name})
-        return ClassSchema.from_document(document)
+        return await self._schemas.schema_for(
+            self._database.get_collection(self._prefix + "_SCHEMA"), class_name
+        )
 
     async def related_ids(self, owning_class: str, key: str, owning_id: str) -> list[str]:
         collection = self._database.get_collection(f"{self._prefix}_Join:{key}:{owning_class}")
