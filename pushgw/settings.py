@@ -101,6 +101,8 @@ class WorkerSettings(Section):
     stale_pending_s: float = Field(default=3600.0, gt=0)
     stalled_running_s: float = Field(default=7200.0, gt=0)
     dead_letter_grace_s: float = Field(default=600.0, ge=0)
+    plan_publish_window: int = Field(default=8, ge=1)
+    plan_checkpoint_s: float = Field(default=1.0, ge=0)
     schema_cache_s: float = Field(default=5.0, ge=0)
     installation_indexes: list[str] = Field(default_factory=lambda: ["_p_user", "installationId"])
     metrics_host: str = "127.0.0.1"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pymongo
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
@@ -27,6 +30,7 @@ from workers.badge import BadgeError, badge_rule
 from workers.providers.provider import TOKEN_TRANSPORTS, transport_for
 
 log = get_logger(__name__)
+_CURSOR_BATCH = 2000
 _PROJECTION = {
     "deviceType": 1, "pushType": 1, "deviceToken": 1, "installationId": 1, "badge": 1,
     "localeIdentifier": 1, "appIdentifier": 1, "timeZone": 1, "_updated_at": 1,
@@ -50,6 +54,31 @@ class _Plan:
     store: StatusStore
     key: str
     expiry_ms: float | None
+
+
+class _PublishWindow:
+    """At most `size` publishes awaiting their broker confirm; leaving the block cancels what is left."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._tasks: deque[asyncio.Task[None]] = deque()
+
+    async def add(self, publish: Coroutine[Any, Any, None]) -> None:
+        if len(self._tasks) >= self._size:
+            await self._tasks.popleft()
+        self._tasks.append(asyncio.create_task(publish))
+
+    async def drain(self) -> None:
+        while self._tasks:
+            await self._tasks.popleft()
+
+    async def __aenter__(self) -> _PublishWindow:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class Planner:
@@ -123,32 +152,39 @@ class Planner:
     async def _publish_batches(
         self, plan: _Plan, mongo_filter: dict[str, Any], state: dict[str, Any]
     ) -> int | None:
-        """Publish every batch after the resume point; the checkpoint follows each confirmed publish."""
+        """Publish every batch after the resume point, `plan_publish_window` confirms in flight; the
+        checkpoint (every `plan_checkpoint_s`) only ever names batches whose publish was confirmed."""
         index: int = state.get("next_index", 0)
         devices_total: int = state.get("devices", 0)
         last_id: str | None = state.get("last_id")
         batch: list[Device] = []
-        async for row_id, device in self._stream(plan.database, plan.app, mongo_filter, last_id):
-            last_id = row_id
-            if device is not None:
-                batch.append(device)
-            if len(batch) >= self._settings.batch_size:
-                await self._publish(plan, index, batch)
+        checkpointed_at = time.monotonic()
+        async with _PublishWindow(self._settings.plan_publish_window) as window:
+            async for row_id, device in self._stream(plan.database, plan.app, mongo_filter, last_id):
+                last_id = row_id
+                if device is not None:
+                    batch.append(device)
+                if len(batch) < self._settings.batch_size:
+                    continue
+                await window.add(self._publish(plan, index, batch))
                 index, devices_total, batch = index + 1, devices_total + len(batch), []
-                cursor = {
-                    "last_id": last_id,
-                    "next_index": index,
-                    "devices": devices_total,
-                    "expiry_ms": plan.expiry_ms,
-                }
-                lease_s = self._settings.planner_lease_s
+                if time.monotonic() - checkpointed_at < self._settings.plan_checkpoint_s:
+                    continue
+                await window.drain()
+                cursor = {"last_id": last_id, "next_index": index, "devices": devices_total}
                 if not await plan.store.checkpoint_plan(
-                    plan.item.push_id, plan.key, self._owner, cursor, lease_s
+                    plan.item.push_id,
+                    plan.key,
+                    self._owner,
+                    cursor | {"expiry_ms": plan.expiry_ms},
+                    self._settings.planner_lease_s,
                 ):
                     return None
-        if batch:
-            await self._publish(plan, index, batch)
-            devices_total += len(batch)
+                checkpointed_at = time.monotonic()
+            if batch:
+                await window.add(self._publish(plan, index, batch))
+                devices_total += len(batch)
+            await window.drain()
         return devices_total
 
     async def _stream(
@@ -165,11 +201,12 @@ class Planner:
         """
         query = conjoin(mongo_filter, {"_id": {"$gt": after}}) if after else mongo_filter
         collection = database.get_collection(app.collection_prefix + "_Installation")
-        cursor = collection.find(query, _PROJECTION, batch_size=2000).sort("_id", 1)
+        cursor = collection.find(query, _PROJECTION, batch_size=_CURSOR_BATCH).sort("_id", 1)
         if not pins_indexed_field(mongo_filter, self._settings.installation_indexes):
             cursor = cursor.hint("_id_")
-        async for row in cursor:
-            yield row["_id"], to_device(row) if is_reachable(row) else None
+        async for rows in _read_ahead(cursor, _CURSOR_BATCH):
+            for row in rows:
+                yield row["_id"], to_device(row) if is_reachable(row) else None
 
     async def _publish(self, plan: _Plan, index: int, devices: list[Device]) -> None:
         item = plan.item
@@ -189,6 +226,21 @@ class Planner:
         await self._broker.publish(SEND, batch.to_bytes(), message_id=f"{item.push_id}:{batch.unit}")
         for device in devices:
             metrics.PLANNED_DEVICES.labels(device.transport).inc()
+
+
+async def _read_ahead(cursor: AsyncCursor[Document], size: int) -> AsyncIterator[list[Document]]:
+    """The cursor's rows in lists of `size`, the next getMore already on its way while the caller works
+    on the current list: database and planner overlap instead of taking turns."""
+    pending = asyncio.ensure_future(cursor.to_list(size))
+    try:
+        while rows := await pending:
+            pending = asyncio.ensure_future(cursor.to_list(size))
+            yield rows
+    finally:
+        if not pending.done():
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+        await cursor.close()
 
 
 def server_filter(translated: dict[str, Any], time_zones: list[str] | None = None) -> dict[str, Any]:
