@@ -133,6 +133,59 @@ class LogSettings(Section):
     format: Literal["json", "console"] = "json"
 
 
+class ApnsSettings(Section):
+    """One APNs credential: token auth (`.p8` + key id + team id) or a certificate (`.pem`/`.p12`),
+    for the bundle ids (installation `appIdentifier`s) it serves, in one environment."""
+
+    bundle_ids: list[str] = Field(min_length=1)
+    default: bool = False  # serves installations without an `appIdentifier` (topic: the first bundle id)
+    environment: Literal["production", "sandbox"] = "production"
+    key_file: Path | None = None
+    key_id: str | None = None
+    team_id: str | None = None
+    certificate_file: Path | None = None
+    certificate_password: SecretStr | None = None
+    url: str | None = None  # another endpoint (an emulator); default: Apple's host for `environment`
+    ca_file: Path | None = None  # trust for `url`
+    connections: int = Field(default=4, ge=1, le=64)
+    quarantine_connections: int = Field(default=1, ge=1, le=16)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    pause_s: float = Field(default=60.0, gt=0)  # a broken credential rests this long between attempts
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> ApnsSettings:
+        token = self.key_file is not None
+        if token == (self.certificate_file is not None):
+            raise ValueError("set either key_file (+ key_id, team_id) or certificate_file")
+        if token and not (self.key_id and self.team_id):
+            raise ValueError("key_file needs key_id and team_id")
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        if self.url:
+            return self.url.rstrip("/")
+        host = "api.push.apple.com" if self.environment == "production" else "api.sandbox.push.apple.com"
+        return f"https://{host}"
+
+
+class FcmSettings(Section):
+    """FCM HTTP v1 for one app: the Firebase service account that may send for the project."""
+
+    service_account_file: Path
+    project_id: str | None = None  # default: the service account's project_id
+    url: str | None = None  # another endpoint (an emulator); default https://fcm.googleapis.com
+    ca_file: Path | None = None
+    connections: int = Field(default=2, ge=1, le=32)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    notification: dict[str, str] | None = None  # optional `android.notification` for every push
+    pause_s: float = Field(default=60.0, gt=0)
+
+    @property
+    def endpoint(self) -> str:
+        return (self.url or "https://fcm.googleapis.com").rstrip("/")
+
+
 class AppSettings(Section):
     """One Parse app: its keys, who may use the master key, and the database its Parse Server uses."""
 
@@ -148,6 +201,18 @@ class AppSettings(Section):
     collection_prefix: str = ""
     allow_rest_key_push: bool = False
     scheduled_push: bool = False
+    apns: list[ApnsSettings] = Field(default_factory=list)
+    fcm: FcmSettings | None = None
+    cleanup_invalid_tokens: bool = False  # a real boolean: "0" and "false" mean off (unlike Parse, #6931)
+    cleanup_breaker_ratio: float = Field(default=0.5, gt=0, le=1)
+    cleanup_breaker_min_devices: int = Field(default=20, ge=1)
+    cleanup_pause_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_default_apns(self) -> AppSettings:
+        if sum(credential.default for credential in self.apns) > 1:
+            raise ValueError("at most one apns credential may be the default")
+        return self
 
     @field_validator("master_key")
     @classmethod
