@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pymongo
@@ -224,8 +224,8 @@ class Planner:
             accepted_at=item.accepted_at,
         )
         await self._broker.publish(SEND, batch.to_bytes(), message_id=f"{item.push_id}:{batch.unit}")
-        for device in devices:
-            metrics.PLANNED_DEVICES.labels(device.transport).inc()
+        for transport, count in Counter(device.transport for device in devices).items():
+            metrics.PLANNED_DEVICES.labels(transport).inc(count)
 
 
 async def _read_ahead(cursor: AsyncCursor[Document], size: int) -> AsyncIterator[list[Document]]:
@@ -296,7 +296,9 @@ def to_device(row: Document) -> Device | None:
         metrics.SKIPPED_DEVICES.labels(str(device_type)).inc()
         return None
     badge = row.get("badge")
-    return Device(
+    # Every value is checked just above or here: construct without pydantic's validation pass (a third of
+    # the planner's time per row otherwise).
+    return Device.model_construct(
         object_id=str(row["_id"]),
         device_type=str(device_type),
         transport=transport,
@@ -307,7 +309,7 @@ def to_device(row: Document) -> Device | None:
         locale=_text(row.get("localeIdentifier")),
         app_identifier=_text(row.get("appIdentifier")),
         time_zone=_text(row.get("timeZone")),
-        updated_at=row.get("_updated_at"),
+        updated_at=updated_at if isinstance(updated_at := row.get("_updated_at"), datetime) else None,
     )
 
 

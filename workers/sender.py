@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -170,8 +170,12 @@ class Sender:
     async def _record(self, run: _Run, store: StatusStore) -> None:
         item = run.item
         tally = Tally()
+        counted_outcomes = Counter(
+            (_kind(outcome), outcome.device.transport, _reason(outcome)) for outcome in run.outcomes.values()
+        )
+        for labels, count in counted_outcomes.items():
+            metrics.DEVICES.labels(*labels).inc(count)
         for outcome in run.outcomes.values():
-            metrics.DEVICES.labels(_kind(outcome), outcome.device.transport, _reason(outcome)).inc()
             if not isinstance(outcome, Deferred):
                 tally.add(outcome)
         counted = tally.sent + tally.failed
