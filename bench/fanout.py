@@ -961,6 +961,7 @@ async def transactional_run(stack: Stack, args: argparse.Namespace) -> dict[str,
     baseline = await final_count(stack)
     profiles = start_profilers(stack, args.profile, "transactional")
     meter, marks = CpuMeter(stack.pids()), log_marks(stack.worker_logs)
+    ops_before, db_cpu_before = await opcounters(stack), cpu_seconds(stack.pids()["secantus"])
     load = await send_transactional(stack.http_port, indices, args.tx_concurrency, args.tx_deadline)
     say(
         f"  {len(load.accepted):,} accepted in {load.elapsed_s:.1f} s ({load.unsent:,} not sent: window over)"
@@ -968,14 +969,38 @@ async def transactional_run(stack: Stack, args: argparse.Namespace) -> dict[str,
     ids = list(load.accepted)
     final = await wait_all_final(stack, ids, baseline, args.tx_deadline)
     cpu = meter.percent()
+    db_work = db_work_per_push(
+        ops_before, await opcounters(stack), cpu_seconds(stack.pids()["secantus"]) - db_cpu_before, len(ids)
+    )
     profile = await asyncio.to_thread(stop_profilers, stack, profiles)
     if final < len(ids):
         say(f"!!! {len(ids) - final:,} pushes not final after {args.tx_deadline:.0f} s")
     return await tx_result(stack, load, ids, final) | {
         "population": stack.seeded, "seeding": seeding, "single_user_query": cost, "unsent": load.unsent,
-        "concurrency": args.tx_concurrency, "cpu_percent_of_one_core": cpu,
+        "concurrency": args.tx_concurrency, "cpu_percent_of_one_core": cpu, "db_work": db_work,
         "worker_log": log_events(stack.worker_logs, marks),
     } | ({"profile": profile} if profile else {})  # fmt: skip
+
+
+async def opcounters(stack: Stack) -> dict[str, int]:
+    """SecantusDB's `serverStatus.opcounters` (every command any process sent it)."""
+    status = await stack.db.client.admin.command("serverStatus")
+    return {name: int(count) for name, count in status.get("opcounters", {}).items()}
+
+
+def db_work_per_push(before: dict[str, int], after: dict[str, int], cpu_s: float, pushes: int) -> dict[str, Any]:
+    """Database commands and SecantusDB CPU per single-user push (the bench's own polls included, ~1/s),
+    and the push rate SecantusDB could sustain at that cost with one core fully busy: the DB-bound ceiling."""
+    if not pushes:
+        return {}
+    ops = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    cpu_ms = 1000 * cpu_s / pushes
+    return {
+        "ops_per_push": round(sum(ops.values()) / pushes, 1),
+        "ops": {name: round(count / pushes, 2) for name, count in ops.items() if count},
+        "db_cpu_ms_per_push": round(cpu_ms, 2),
+        "db_bound_pushes_per_s": round(1000 / cpu_ms, 1) if cpu_ms else math.inf,
+    }
 
 
 async def tx_result(stack: Stack, load: TxLoad, ids: list[str], final: int) -> dict[str, Any]:
@@ -1117,6 +1142,14 @@ def print_transactional(tx: dict[str, Any]) -> None:
         f"{cost['indexed_read_median_ms']} ms → ≤ {cost['indexed_reads_per_s']} reads/s; "
         f"_Installation indexes: {', '.join(cost['indexes'])}"
     )
+    work = tx["db_work"]
+    if work:
+        share = 100 * tx["completed_per_s"] / work["db_bound_pushes_per_s"] if work["db_bound_pushes_per_s"] else 0
+        print(
+            f"    DB work per push: {work['ops_per_push']} commands {work['ops']}, SecantusDB CPU "
+            f"{work['db_cpu_ms_per_push']} ms → DB-bound ceiling {work['db_bound_pushes_per_s']} pushes/s "
+            f"(completed = {share:.0f} % of it)"
+        )
     print(cpu_text(tx["cpu_percent_of_one_core"]))
     print(log_text(tx["worker_log"]))
     if "profile" in tx:
