@@ -22,8 +22,8 @@ from pushgw.http_server import dev_banner, intake_server, serve_processes
 from pushgw.logs import configure_logging, get_logger
 from pushgw.mongo import app_database
 from pushgw.settings import AppSettings, ConfigError, QueueSettings, Settings, load_settings
-from workers.providers.provider import build_providers
 from workers.providers.recording import RecordingProvider
+from workers.providers.registry import build_providers
 from workers.worker import run_worker_until
 
 log = get_logger(__name__)

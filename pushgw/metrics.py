@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 INTAKE_REQUESTS = Counter(
     "pushgw_intake_requests_total",
@@ -47,4 +47,36 @@ QUEUE_LAG_SECONDS = Histogram(
 PUSHES_FINISHED = Counter("pushgw_pushes_finished_total", "Pushes that reached a final status.", ["status"])
 DEAD_LETTERS = Counter(
     "pushgw_dead_letters_total", "Work items that reached the dead-letter queue.", ["kind"]
+)
+
+PROVIDER_SECONDS = Histogram(
+    "pushgw_provider_request_seconds",
+    "One request to APNs or FCM, from send to answer, by provider and answer (sent, a reason, or an error).",
+    ["provider", "answer"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CONNECTION_STREAMS = Gauge(
+    "pushgw_provider_connection_streams",
+    "Per provider connection: the server's stream limit (`limit`) and the streams in flight (`in_flight`).",
+    ["provider", "credential", "lane", "connection", "kind"],
+)
+JWT_AGE_SECONDS = Gauge(
+    "pushgw_apns_jwt_age_seconds", "Age of the APNs provider token in use, per team and key.", ["team", "key"]
+)
+CERTIFICATE_DAYS_LEFT = Gauge(
+    "pushgw_apns_certificate_days_left", "Days until an APNs client certificate expires.", ["credential"]
+)
+CREDENTIAL_PAUSES = Counter(
+    "pushgw_provider_credential_pauses_total",
+    "A credential was paused after the provider rejected it (bad key, certificate, project): alert on this.",
+    ["provider", "credential", "reason"],
+)
+TOKENS_REMOVED = Counter(
+    "pushgw_tokens_removed_total", "Device tokens unset by the invalid-token cleanup, by app and reason.",
+    ["app_id", "reason"],
+)  # fmt: skip
+CLEANUP_SUSPENSIONS = Counter(
+    "pushgw_token_cleanup_suspensions_total",
+    "Token cleanup stopped by its circuit breaker (a burst of dead-token answers): alert on this.",
+    ["app_id", "reason"],
 )

@@ -30,8 +30,13 @@ class Sent:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
+    """`dead_token`: the provider said, authoritatively, that the token is gone (a cleanup candidate);
+    `dead_since_ms`: when, if it said (APNs 410 `timestamp`)."""
+
     device: Device
     reason: str
+    dead_token: bool = False
+    dead_since_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,13 +20,14 @@ from pushgw.clock import Clock
 from pushgw.logs import get_logger
 from pushgw.messages import Device, SendBatch
 from pushgw.mongo import Document
-from pushgw.push_status import StatusStore
+from pushgw.push_status import OWN, StatusStore
 from pushgw.settings import AppSettings, WorkerSettings
 from workers.badge import BadgeError, BadgeRule, apply_badges, badge_rule, receives_badge
 from workers.localize import Localizer
 from workers.outcomes import Deferred, Failed, Outcome, Reason, Sent, Tally, utc_offset_key
 from workers.providers.provider import UNSUPPORTED, Notification, Provider, PushContext
 from workers.retries import RetryPolicy
+from workers.token_cleanup import TokenCleanup
 
 log = get_logger(__name__)
 PROGRESS = "pushgw_progress"
@@ -62,6 +63,7 @@ class Sender:
         self._clock = clock
         self._rng = rng or random.Random()
         self._policy = RetryPolicy(settings.delay_tiers_s, settings.max_attempts)
+        self._cleanup = TokenCleanup()
 
     async def send_batch(
         self, item: SendBatch, app: AppSettings, database: AsyncDatabase[Document], redelivered: bool
@@ -85,8 +87,9 @@ class Sender:
         if redelivered:
             await self._load_progress(run)
         await self._deliver(run, app)
+        removed = await self._cleanup.remove_dead(app, database, list(run.outcomes.values()))
         await self._defer_or_fail(run)
-        await self._record(run, store)
+        await self._record(run, store, removed)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def _deliver(self, run: _Run, app: AppSettings) -> None:
@@ -107,7 +110,7 @@ class Sender:
                 continue
             payload = _with_badge(localizer.payload_for(device.locale), device, badges)
             by_transport[device.transport].append(Notification(device, payload))
-        context = PushContext(item.app_id, item.push_id, item.options, item.expiry_ms)
+        context = PushContext(item.app_id, item.push_id, item.options, item.expiry_ms, item.attempt)
         for transport, notifications in by_transport.items():
             await self._send_chunks(run, self._providers[transport], context, notifications)
 
@@ -167,7 +170,7 @@ class Sender:
             "devices_deferred", push_id=item.push_id, unit=item.unit, devices=len(devices), delay_s=delay_s
         )
 
-    async def _record(self, run: _Run, store: StatusStore) -> None:
+    async def _record(self, run: _Run, store: StatusStore, tokens_removed: int) -> None:
         item = run.item
         tally = Tally()
         counted_outcomes = Counter(
@@ -180,6 +183,8 @@ class Sender:
                 tally.add(outcome)
         counted = tally.sent + tally.failed
         increments = tally.increments(utc_offset_key(item.utc_offset_min))
+        if tokens_removed:
+            increments[f"{OWN}.tokens_removed"] = tokens_removed
         if await store.record_unit(item.push_id, item.unit, increments, counted):
             metrics.BATCHES.labels("recorded").inc()
             if await store.try_finalize(item.push_id):

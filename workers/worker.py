@@ -21,6 +21,7 @@ from pushgw.messages import PlanPush, SendBatch, UnknownWorkItem, parse_work_ite
 from pushgw.mongo import app_database
 from pushgw.settings import Settings
 from workers.dead_letters import DEAD_ROUTE, DeadLetters
+from workers.periodic import run_every
 from workers.planner import Planner, ensure_installation_indexes
 from workers.providers.provider import Provider
 from workers.scheduler import Scheduler
@@ -28,6 +29,7 @@ from workers.sender import Sender
 from workers.watchdog import Watchdog
 
 log = get_logger(__name__)
+GAUGE_INTERVAL_S = 5.0
 _INFRA_ERRORS = (PyMongoError, PublishError, OSError, asyncio.TimeoutError)
 
 
@@ -60,6 +62,13 @@ class Worker:
             await broker.consume(DEAD_ROUTE, self.dead_letters.keep, prefetch=prefetch),
         ]
         log.info("worker_started", owner=self.owner, transports=sorted(self._providers))
+
+    async def publish_gauges(self) -> None:
+        """Per-connection stream limits and in-flight streams, for providers that keep connections."""
+        for provider in {id(p): p for p in self._providers.values()}.values():
+            publish = getattr(provider, "publish_gauges", None)
+            if publish is not None:
+                publish()
 
     async def _ensure_indexes(self) -> None:
         fields = self._settings.worker.installation_indexes
@@ -152,7 +161,11 @@ async def run_worker_until(
         metrics_server, _ = start_http_server(settings.worker.metrics_port, settings.worker.metrics_host)
         log.info("metrics_listening", host=settings.worker.metrics_host, port=settings.worker.metrics_port)
     await worker.start()
-    loops = [asyncio.create_task(worker.scheduler.run(stop)), asyncio.create_task(worker.watchdog.run(stop))]
+    loops = [
+        asyncio.create_task(worker.scheduler.run(stop)),
+        asyncio.create_task(worker.watchdog.run(stop)),
+        asyncio.create_task(run_every(GAUGE_INTERVAL_S, worker.publish_gauges, stop, "gauges")),
+    ]
     await stop.wait()
     await worker.drain()
     if metrics_server is not None:

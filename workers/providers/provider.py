@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pushgw.messages import Device
-from pushgw.settings import Settings
 from workers.outcomes import Outcome
 
 APNS, FCM, PPNS = "apns", "fcm", "ppns"
@@ -25,6 +24,7 @@ class PushContext:
     push_id: str
     options: Mapping[str, Any]
     expiry_ms: float | None
+    attempt: int = 1  # > 1: these devices failed transiently before (APNs sends them on the quarantine lane)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +55,3 @@ def transport_for(device_type: Any, push_type: Any) -> str:
     if device_type == "fcm" or (device_type == "android" and push_type in _FCM_PUSH_TYPES):
         return FCM
     return UNSUPPORTED
-
-
-def build_providers(settings: Settings, recorder: Provider | None = None) -> dict[str, Provider]:
-    """The providers configured for this process, by transport."""
-    providers: dict[str, Provider] = {}
-    if recorder is not None:
-        for transport in settings.recording.transports:
-            providers[transport] = recorder
-    return providers

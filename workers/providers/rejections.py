@@ -26,6 +26,7 @@ class Rejection:
     verdict: Verdict
     reason: str
     retry_after_s: float | None = None
+    dead_since_ms: float | None = None  # APNs 410 `timestamp`: when the token stopped being valid
 
 
 _APNS_BY_REASON: dict[str, Verdict] = {
@@ -48,7 +49,9 @@ _APNS_BY_REASON: dict[str, Verdict] = {
 }
 
 
-def classify_apns(status: int, reason: str | None) -> Rejection:
+def classify_apns(
+    status: int, reason: str | None, retry_after_s: float | None = None, timestamp_ms: float | None = None
+) -> Rejection:
     """An APNs answer. Unknown 4xx reasons are permanent; unknown 5xx are transient."""
     if status == 200:
         return Rejection(Verdict.SENT, "")
@@ -58,7 +61,12 @@ def classify_apns(status: int, reason: str | None) -> Rejection:
         verdict = Verdict.TRANSIENT if status >= 500 or status == 429 else Verdict.FAILED
         if status == 403:
             verdict = Verdict.CREDENTIAL
-    return Rejection(verdict, name)
+    return Rejection(
+        verdict,
+        name,
+        retry_after_s if verdict is Verdict.TRANSIENT else None,
+        timestamp_ms if verdict is Verdict.DEAD_TOKEN else None,
+    )
 
 
 # FCM: google.rpc.Status code + FcmError.errorCode (providers.md §2.4).
