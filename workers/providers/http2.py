@@ -293,6 +293,9 @@ class Http2Connection(asyncio.Protocol):
         body: bytes = b"",
         timeout_s: float = 10.0,
     ) -> Response:
+        """One request, answered in full. `headers` follow the pseudo-headers as given: lowercase names,
+        bytes preferred; wrap secrets in `hpack.NeverIndexedHeaderTuple`. `timeout_s` includes waiting for a
+        stream. Raises `RequestTimeout`, `StreamReset` or `ConnectionLost`; never retries."""
         if not self._usable:
             raise ConnectionLost("connection is not usable", retry_safe=True)
         loop = self._loop
