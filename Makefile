@@ -26,6 +26,7 @@ typecheck: $(VENV)/.installed
 
 pytest: $(VENV)/.installed
 	scripts/ensure-rabbitmq.sh
+	scripts/ensure-nghttp2.sh
 	$(BIN)/python -m pytest
 
 bench-intake: $(VENV)/.installed
