@@ -144,6 +144,7 @@ class ApnsSettings(Section):
     key_id: str | None = None
     team_id: str | None = None
     certificate_file: Path | None = None
+    certificate_key_file: Path | None = None  # when the `.pem` holds only the certificate
     certificate_password: SecretStr | None = None
     url: str | None = None  # another endpoint (an emulator); default: Apple's host for `environment`
     ca_file: Path | None = None  # trust for `url`

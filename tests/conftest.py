@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.tcp_proxy",
     "tests.fixtures.processes",
     "tests.fixtures.fleet",
+    "tests.fixtures.emulators",
 ]

@@ -30,6 +30,7 @@ from pushgw.logs import get_logger
 from pushgw.settings import ApnsSettings, AppSettings
 from workers.outcomes import Deferred, Failed, Outcome, Reason, Sent
 from workers.providers.apns_payload import build_request, is_valid_token, size_limit
+from workers.providers.credential_gate import CredentialGate
 from workers.providers.http2 import Http2Error, Http2Pool
 from workers.providers.provider import APNS, Notification, PushContext
 from workers.providers.rejections import Rejection, Verdict, classify_apns, parse_retry_after
@@ -39,7 +40,6 @@ JWT_REFRESH_S = 50 * 60  # Apple: no more often than every 20 min, no less often
 JWT_MIN_AGE_S = 20 * 60
 _SUSPECTS_KEPT = 100_000
 NO_CREDENTIAL = "no-apns-credential"
-CREDENTIAL_PAUSED = "credential-paused"
 CONNECTION_ERROR = "connection-error"
 
 
@@ -91,18 +91,13 @@ class ApnsCredential:
                 ("quarantine", settings.quarantine_connections),
             )
         }
-        self.paused_until = 0.0
-
-    def pause(self, reason: str) -> None:
-        if self.paused_until <= time.monotonic():
-            log.error(
-                "apns_credential_paused", credential=self.name, reason=reason, pause_s=self.settings.pause_s
-            )
-            metrics.CREDENTIAL_PAUSES.labels(APNS, self.name, reason).inc()
-        self.paused_until = time.monotonic() + self.settings.pause_s
+        self._gate = CredentialGate(APNS, self.name, settings.pause_s)
 
     async def post(self, token: str, headers: dict[str, str], body: bytes, lane: str) -> Rejection:
-        """One notification; a stale JWT is renewed and the request sent once more."""
+        """One notification through the credential's gate; a stale JWT is renewed and sent once more."""
+        return await self._gate.run(lambda: self._post_renewing(token, headers, body, lane))
+
+    async def _post_renewing(self, token: str, headers: dict[str, str], body: bytes, lane: str) -> Rejection:
         rejection = await self._post_once(token, headers, body, lane)
         if (
             rejection.verdict is Verdict.REFRESH
@@ -182,9 +177,6 @@ class ApnsProvider:
             return Failed(device, NO_CREDENTIAL if configured else Reason.PROVIDER_NOT_CONFIGURED)
         if not notification.data:
             return Failed(device, Reason.EMPTY_PAYLOAD)
-        pause_left = credential.paused_until - time.monotonic()
-        if pause_left > 0:
-            return Deferred(device, CREDENTIAL_PAUSED, pause_left)
         topic = device.app_identifier or credential.settings.bundle_ids[0]
         request = build_request(
             notification.data, push.options, push_id=push.push_id, token=token, topic=topic,
@@ -206,9 +198,6 @@ class ApnsProvider:
             return Sent(device)
         if verdict in (Verdict.TRANSIENT, Verdict.REFRESH):
             return Deferred(device, rejection.reason, rejection.retry_after_s)
-        if verdict is Verdict.CREDENTIAL:
-            credential.pause(rejection.reason)
-            return Deferred(device, rejection.reason, credential.settings.pause_s)
         self._suspect(token)
         if verdict is Verdict.DEAD_TOKEN:
             return Failed(device, rejection.reason, dead_token=True, dead_since_ms=rejection.dead_since_ms)
@@ -268,14 +257,23 @@ def _ssl_context(settings: ApnsSettings) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
     if settings.certificate_file is not None:
         password = settings.certificate_password.get_secret_value() if settings.certificate_password else None
-        _load_certificate(context, settings.certificate_file, password, settings.bundle_ids[0])
+        _load_certificate(
+            context,
+            settings.certificate_file,
+            settings.certificate_key_file,
+            password,
+            settings.bundle_ids[0],
+        )
     return context
 
 
-def _load_certificate(context: ssl.SSLContext, path: Path, password: str | None, name: str) -> None:
-    """A `.pem` (certificate + key) loads directly; a `.p12` goes through a private temporary PEM file."""
+def _load_certificate(
+    context: ssl.SSLContext, path: Path, key_path: Path | None, password: str | None, name: str
+) -> None:
+    """A `.pem` (certificate + key, or a separate key file) loads directly; a `.p12` goes through a private
+    temporary PEM file."""
     if path.suffix.lower() not in (".p12", ".pfx"):
-        context.load_cert_chain(path, password=password)
+        context.load_cert_chain(path, key_path, password=password)
         _note_expiry(x509.load_pem_x509_certificate(path.read_bytes()), name)
         return
     key, certificate, extra = pkcs12.load_key_and_certificates(

@@ -23,6 +23,7 @@ from pushgw import metrics
 from pushgw.logs import get_logger
 from pushgw.settings import AppSettings, FcmSettings
 from workers.outcomes import Deferred, Failed, Outcome, Reason, Sent
+from workers.providers.credential_gate import CredentialGate
 from workers.providers.fcm_payload import build_message
 from workers.providers.provider import FCM, Notification, PushContext
 from workers.providers.rejections import Rejection, Verdict, classify_fcm, parse_retry_after
@@ -31,7 +32,6 @@ log = get_logger(__name__)
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 REFRESH_AHEAD_S = 300.0
 CONNECTION_ERROR = "connection-error"
-CREDENTIAL_PAUSED = "credential-paused"
 
 
 class FcmAuthError(Exception):
@@ -103,17 +103,13 @@ class FcmProject:
         )
         self.token = AccessToken(account, self.client)
         self.url = f"{settings.endpoint}/v1/projects/{self.project_id}/messages:send"
-        self.paused_until = 0.0
-
-    def pause(self, reason: str) -> None:
-        if self.paused_until <= time.monotonic():
-            log.error(
-                "fcm_credential_paused", project=self.project_id, reason=reason, pause_s=self.settings.pause_s
-            )
-            metrics.CREDENTIAL_PAUSES.labels(FCM, self.project_id, reason).inc()
-        self.paused_until = time.monotonic() + self.settings.pause_s
+        self._gate = CredentialGate(FCM, self.project_id, settings.pause_s)
 
     async def post(self, message: dict[str, Any]) -> Rejection:
+        """One message through the project's gate; a 401 refreshes the access token and sends once more."""
+        return await self._gate.run(lambda: self._post_refreshing(message))
+
+    async def _post_refreshing(self, message: dict[str, Any]) -> Rejection:
         rejection, used = await self._post_once(message, "")
         if rejection.verdict is Verdict.REFRESH:
             rejection, _ = await self._post_once(message, used)
@@ -170,9 +166,6 @@ class FcmProvider:
         device = notification.device
         if project is None:
             return Failed(device, Reason.PROVIDER_NOT_CONFIGURED)
-        pause_left = project.paused_until - time.monotonic()
-        if pause_left > 0:
-            return Deferred(device, CREDENTIAL_PAUSED, pause_left)
         message = build_message(
             notification.data, push.options, token=device.device_token or "", push_id=push.push_id,
             sent_at=sent_at, expiry_ms=push.expiry_ms, notification=project.settings.notification,
@@ -180,9 +173,6 @@ class FcmProvider:
         rejection = await project.post(message)
         if rejection.verdict is Verdict.SENT:
             return Sent(device)
-        if rejection.verdict is Verdict.CREDENTIAL:
-            project.pause(rejection.reason)
-            return Deferred(device, rejection.reason, project.settings.pause_s)
         if rejection.verdict in (Verdict.TRANSIENT, Verdict.REFRESH):
             return Deferred(device, rejection.reason, rejection.retry_after_s)
         return Failed(device, rejection.reason, dead_token=rejection.verdict is Verdict.DEAD_TOKEN)
