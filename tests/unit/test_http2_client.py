@@ -7,7 +7,7 @@ import random
 
 from hpack import Decoder, NeverIndexedHeaderTuple
 
-from workers.providers.http2 import _HeaderEncoder
+from workers.providers.hpack_encoder import HeaderEncoder
 
 STATIC = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"api.push.apple.com")]
 JWT = (b"authorization", b"bearer " + b"j" * 180)
@@ -23,7 +23,7 @@ def decode(decoder: Decoder, block: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def test_repeated_headers_are_sent_as_one_byte_index_and_unique_ones_stay_out_of_the_table() -> None:
-    encoder, decoder = _HeaderEncoder(), Decoder()
+    encoder, decoder = HeaderEncoder(), Decoder()
     first, second = encoder.encode(request_headers(1)), encoder.encode(request_headers(2))
     assert decode(decoder, first) == request_headers(1)
     assert decode(decoder, second) == request_headers(2)
@@ -34,7 +34,7 @@ def test_repeated_headers_are_sent_as_one_byte_index_and_unique_ones_stay_out_of
 
 
 def test_never_indexed_headers_keep_their_flag_and_never_enter_the_table() -> None:
-    encoder, decoder = _HeaderEncoder(), Decoder()
+    encoder, decoder = HeaderEncoder(), Decoder()
     secret = NeverIndexedHeaderTuple(b"x-secret", b"s3cr3t")
     decoded = list(decoder.decode(encoder.encode([*STATIC, secret]), raw=True))
     assert isinstance(decoded[-1], NeverIndexedHeaderTuple)
@@ -43,7 +43,7 @@ def test_never_indexed_headers_keep_their_flag_and_never_enter_the_table() -> No
 
 
 def test_shrinking_the_table_is_signalled_and_evicts_what_no_longer_fits() -> None:
-    encoder, decoder = _HeaderEncoder(), Decoder()
+    encoder, decoder = HeaderEncoder(), Decoder()
     decode(decoder, encoder.encode(request_headers(1)))
     # The server's SETTINGS_HEADER_TABLE_SIZE bounds both ends.
     encoder.header_table_size = decoder.max_allowed_table_size = 256
@@ -61,7 +61,7 @@ def test_shrinking_the_table_is_signalled_and_evicts_what_no_longer_fits() -> No
 
 def test_random_header_blocks_decode_exactly_while_entries_are_evicted() -> None:
     rng = random.Random(7)
-    encoder, decoder = _HeaderEncoder(), Decoder()
+    encoder, decoder = HeaderEncoder(), Decoder()
     for number in range(5000):
         if rng.random() < 0.002:
             size = rng.choice([0, 100, 1024, 4096, 65536])
