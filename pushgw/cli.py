@@ -17,6 +17,8 @@ from pushgw import push_commands
 from pushgw.app import build_app
 from pushgw.clock import SystemClock
 from pushgw.connections import Connections
+from pushgw.dev_sandbox import DevSandbox
+from pushgw.emulators import add_emulate_parser
 from pushgw.errors import PushgwError
 from pushgw.http_server import dev_banner, intake_server, serve_processes
 from pushgw.logs import configure_logging, get_logger
@@ -59,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         _config_option(command)
         command.set_defaults(run=run)
     _push_commands(commands)
+    add_emulate_parser(commands)
     return parser
 
 
@@ -147,17 +150,21 @@ async def _serve_dev(settings: Settings) -> int:
     except PushgwError as error:
         print(f"pushgw dev: {error}", file=sys.stderr)
         return 1
+    sandbox = DevSandbox(settings, settings.mongo.embedded_path.parent / "emulators")
+    await sandbox.start()
+    settings = sandbox.settings
     clock = SystemClock()
     providers = build_providers(settings, _recorder(settings, connections, clock))
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker_until(settings, connections, providers, clock, stop))
     try:
         app = build_app(settings, connections=connections, clock=clock)
-        server = intake_server(settings, app, banner=dev_banner(settings))
+        server = intake_server(settings, app, banner=dev_banner(settings, sandbox.banner_lines()))
         await server.serve()
     finally:
         stop.set()
         await worker
+        await sandbox.stop()
         await connections.close()
     return 0
 

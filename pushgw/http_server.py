@@ -9,7 +9,7 @@ import multiprocessing.connection
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import uvicorn
 import uvloop
@@ -111,7 +111,7 @@ def _serve_child(settings: Settings, make_app: Callable[[], object], listener: s
         runner.run(server.serve(sockets=[listener]))
 
 
-def dev_banner(settings: Settings) -> str:
+def dev_banner(settings: Settings, providers: Sequence[str] = ()) -> str:
     http = settings.http
     base = f"http://{http.host}:{http.port}"
     app = settings.apps[0]
@@ -129,6 +129,7 @@ def dev_banner(settings: Settings) -> str:
         f"  health:  {base}/health   ready: {base}/ready   metrics: {base}/metrics",
         f"  mongo:   {mongo}",
         "  queue:   memory:// (in-process)",
+        *providers,
         "",
         "Send a push:",
         curl,

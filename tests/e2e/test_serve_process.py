@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import ssl
 import subprocess
 import threading
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from pymongo import MongoClient
 
 from tests.fixtures.mongo import MongoServer
+from tests.fixtures.parse_data import installation
 from tests.fixtures.ports import free_port
 from tests.fixtures.processes import ProcessFactory
 from tests.fixtures.rabbit import RABBIT_URL, RabbitAdmin
@@ -102,21 +104,29 @@ def test_dev_quick_start_curl_works_and_data_persists(
     dev = pushgw_processes.start("dev", env=env)
     base = f"http://127.0.0.1:{env['PUSHGW_HTTP__PORT']}"
     dev.wait_ready(f"{base}/ready", timeout_s=60)
-    until(lambda: "Send a push:" in dev.output, what="the dev banner")
+    until(lambda: "Send a push:" in dev.output and "sandbox" in dev.output, what="the dev banner")
     curl = dev.output.split("Send a push:\n", 1)[1].split("\n\n", 1)[0]
+    embedded = f"mongodb://127.0.0.1:{env['PUSHGW_MONGO__EMBEDDED_PORT']}/?directConnection=true"
+    with MongoClient(embedded) as client:
+        client["parse"]["_Installation"].insert_many([installation("ios"), installation("android")])
     result = subprocess.run(
         ["bash", "-c", curl.replace("\\\n", " ") + " -s -i"], capture_output=True, text=True, check=True
     )
     assert result.stdout.startswith("HTTP/1.1 200")
     push_id = re.search(r"x-parse-push-status-id: (\w+)", result.stdout, re.IGNORECASE)
     assert push_id is not None
-    embedded = f"mongodb://127.0.0.1:{env['PUSHGW_MONGO__EMBEDDED_PORT']}/?directConnection=true"
     with MongoClient(embedded) as client:
-        # The in-process worker consumed the memory:// queue and finished the push (no installations yet).
+        # The in-process worker consumed the memory:// queue and delivered through the emulators.
         row = until(
             lambda: client["parse"]["_PushStatus"].find_one({"_id": push_id.group(1), "status": "succeeded"})
         )
-        assert row["numSent"] == 0
+        assert (row["numSent"], row["sentPerType"]) == (2, {"ios": 1, "android": 1})
+    for name in ("apns", "fcm"):
+        url = re.search(rf"{name}: +EMULATOR at (\S+)", dev.output)
+        assert url is not None, dev.output
+        ca = ssl.create_default_context(cafile=str(tmp_path / ".pushgw" / "emulators" / name / "ca.pem"))
+        with httpx2.Client(verify=ca, http2=True) as http:
+            assert http.get(f"{url.group(1)}/emulator/stats").json()["accepted"] == 1
     assert dev.terminate() == 0
     assert (tmp_path / ".pushgw" / "mongo").is_dir()
 
