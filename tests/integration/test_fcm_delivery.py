@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pushgw.emulators.fcm import FcmEmulator
+from pushgw.emulators.tls import write_service_account
 from pushgw.settings import Settings
 from tests.fixtures.emulators import fcm_settings
 from tests.fixtures.fleet import RunningWorker
@@ -92,3 +94,22 @@ def test_fcm_errors_and_cleanup(
     assert (tokens[devices[1]["_id"]], tokens[devices[2]["_id"]]) == (None, None)
     assert tokens[devices[0]["_id"]] == devices[0]["deviceToken"]
     assert tokens[devices[3]["_id"]] == "busy-1"  # throttled, not dead
+
+
+def test_a_service_account_the_token_endpoint_refuses_pauses_the_project(
+    fleet: Fleet, fcm_factory: Callable[..., FcmEmulator], mongo: Any, db_name: str, tmp_path: Path
+) -> None:
+    emulator = fcm_factory()
+    stranger = write_service_account(
+        tmp_path / "stranger.json",
+        token_uri=emulator.token_url,
+        project_id=emulator.project_id,
+        client_email="stranger@elsewhere.iam.gserviceaccount.com",
+    )
+    seed(mongo, db_name, *[installation("android") for _ in range(60)])
+    gateway, _, _ = fleet(fcm_settings(emulator, service_account_file=str(stranger.path), pause_s=1))
+    push_id = send(gateway, {"where": {}, "data": {"alert": "hi"}})
+    row = final_status(mongo, db_name, push_id)
+    assert (row["numFailed"], row["failedPerReason"]) == (60, {"retries-exhausted": 60})
+    stats = emulator.stats()
+    assert stats.requests == 0 and sum(stats.oauth_rejected.values()) <= 4  # one probe per attempt
