@@ -15,7 +15,7 @@ import ssl
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,27 +46,29 @@ CONNECTION_ERROR = "connection-error"
 class ProviderToken:
     """One JWT per (team, key) per process, shared by every connection, renewed about every 50 minutes."""
 
-    def __init__(self, key_pem: bytes, key_id: str, team_id: str) -> None:
-        self._key, self.key_id, self.team_id = key_pem, key_id, team_id
+    def __init__(
+        self, key_pem: bytes, key_id: str, team_id: str, now: Callable[[], float] = time.time
+    ) -> None:
+        self._key, self.key_id, self.team_id, self._now = key_pem, key_id, team_id, now
         self._token = ""
         self._issued_at = 0.0
         self.minted = 0
 
     def header(self) -> str:
-        if time.time() - self._issued_at >= JWT_REFRESH_S:
+        if self._now() - self._issued_at >= JWT_REFRESH_S:
             self._mint()
-        metrics.JWT_AGE_SECONDS.labels(self.team_id, self.key_id).set(time.time() - self._issued_at)
+        metrics.JWT_AGE_SECONDS.labels(self.team_id, self.key_id).set(self._now() - self._issued_at)
         return self._token
 
     def expired_by_apple(self) -> bool:
         """After `ExpiredProviderToken`: mint anew unless that would break Apple's 20-minute rule."""
-        if time.time() - self._issued_at < JWT_MIN_AGE_S:
+        if self._now() - self._issued_at < JWT_MIN_AGE_S:
             return False
         self._mint()
         return True
 
     def _mint(self) -> None:
-        now = time.time()
+        now = self._now()
         token = jwt.encode(
             {"iss": self.team_id, "iat": int(now)}, self._key, algorithm="ES256", headers={"kid": self.key_id}
         )
