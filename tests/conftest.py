@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.processes",
     "tests.fixtures.fleet",
     "tests.fixtures.emulators",
+    "pushgw.testing",
 ]
