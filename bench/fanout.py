@@ -988,7 +988,9 @@ async def opcounters(stack: Stack) -> dict[str, int]:
     return {name: int(count) for name, count in status.get("opcounters", {}).items()}
 
 
-def db_work_per_push(before: dict[str, int], after: dict[str, int], cpu_s: float, pushes: int) -> dict[str, Any]:
+def db_work_per_push(
+    before: dict[str, int], after: dict[str, int], cpu_s: float, pushes: int
+) -> dict[str, Any]:
     """Database commands and SecantusDB CPU per single-user push (the bench's own polls included, ~1/s),
     and the push rate SecantusDB could sustain at that cost with one core fully busy: the DB-bound ceiling."""
     if not pushes:
@@ -1144,7 +1146,11 @@ def print_transactional(tx: dict[str, Any]) -> None:
     )
     work = tx["db_work"]
     if work:
-        share = 100 * tx["completed_per_s"] / work["db_bound_pushes_per_s"] if work["db_bound_pushes_per_s"] else 0
+        share = (
+            100 * tx["completed_per_s"] / work["db_bound_pushes_per_s"]
+            if work["db_bound_pushes_per_s"]
+            else 0
+        )
         print(
             f"    DB work per push: {work['ops_per_push']} commands {work['ops']}, SecantusDB CPU "
             f"{work['db_cpu_ms_per_push']} ms → DB-bound ceiling {work['db_bound_pushes_per_s']} pushes/s "
