@@ -130,6 +130,13 @@ def test_rejections_are_counted_by_reason_and_dead_tokens_kept_without_cleanup(
     assert emulator.stats().rejected["InternalServerError"] == 2  # first attempt and one retry
     tokens = {d["_id"]: d.get("deviceToken") for d in mongo[db_name]["_Installation"].find()}
     assert tokens == {d["_id"]: d["deviceToken"] for d in devices}  # cleanup is off by default
+    # Tokens Apple just declared dead fail at once, without a request that would throttle a connection.
+    requests = emulator.stats().requests
+    push_id = send(gateway, {"where": {"deviceToken": {"$in": [devices[1]["deviceToken"], devices[2]["deviceToken"]]}},
+                             "data": {"alert": "again"}})  # fmt: skip
+    row = final_status(mongo, db_name, push_id)
+    assert row["failedPerReason"] == {"Unregistered": 1, "BadDeviceToken": 1}
+    assert emulator.stats().requests == requests
 
 
 def test_cleanup_unsets_only_authoritative_dead_tokens(

@@ -9,6 +9,7 @@ that lane only; the pools themselves route away from connections whose stream li
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import ssl
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
+from prometheus_client import Histogram
 
 from pushgw import metrics
 from pushgw.logs import get_logger
@@ -39,6 +41,7 @@ log = get_logger(__name__)
 JWT_REFRESH_S = 50 * 60  # Apple: no more often than every 20 min, no less often than every 60
 JWT_MIN_AGE_S = 20 * 60
 _SUSPECTS_KEPT = 100_000
+KNOWN_DEAD_S = 3600.0  # a token APNs declared dead is failed locally for this long, without a request
 NO_CREDENTIAL = "no-apns-credential"
 CONNECTION_ERROR = "connection-error"
 
@@ -57,8 +60,11 @@ class ProviderToken:
     def header(self) -> str:
         if self._now() - self._issued_at >= JWT_REFRESH_S:
             self._mint()
-        metrics.JWT_AGE_SECONDS.labels(self.team_id, self.key_id).set(self._now() - self._issued_at)
         return self._token
+
+    @property
+    def age_s(self) -> float:
+        return self._now() - self._issued_at
 
     def expired_by_apple(self) -> bool:
         """After `ExpiredProviderToken`: mint anew unless that would break Apple's 20-minute rule."""
@@ -119,7 +125,7 @@ class ApnsCredential:
                 b"POST", f"/3/device/{token}".encode(), wire, body, self.settings.request_timeout_s
             )
         except Http2Error as error:
-            metrics.PROVIDER_SECONDS.labels(APNS, CONNECTION_ERROR).observe(time.perf_counter() - started)
+            _latency(CONNECTION_ERROR).observe(time.perf_counter() - started)
             return Rejection(Verdict.TRANSIENT, f"{CONNECTION_ERROR}: {type(error).__name__}")
         if response.status == 200:
             rejection = classify_apns(200, None)
@@ -127,9 +133,7 @@ class ApnsCredential:
             reason, timestamp_ms = _reason(response.body)
             retry_after_s = parse_retry_after(response.headers.get("retry-after"))
             rejection = classify_apns(response.status, reason, retry_after_s, timestamp_ms)
-        metrics.PROVIDER_SECONDS.labels(APNS, rejection.reason or "sent").observe(
-            time.perf_counter() - started
-        )
+        _latency(rejection.reason or "sent").observe(time.perf_counter() - started)
         return rejection
 
     def publish_stream_gauges(self) -> None:
@@ -164,7 +168,8 @@ class ApnsProvider:
             self._credentials[app.app_id] = by_topic
             self._single_environment[app.app_id] = len({s.environment for s in app.apns}) == 1
         self.tokens = tokens
-        self._suspects: OrderedDict[str, None] = OrderedDict()
+        # token → (the reason it is dead, or None if only suspect; when noted), most recent last
+        self._suspects: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
 
     async def send(self, push: PushContext, notifications: Sequence[Notification]) -> list[Outcome]:
         return list(await asyncio.gather(*(self._send_one(push, n) for n in notifications)))
@@ -173,6 +178,9 @@ class ApnsProvider:
         device, token = notification.device, notification.device.device_token or ""
         if not is_valid_token(token):
             return Failed(device, "BadDeviceToken")  # malformed: never sent, so it cannot throttle a lane
+        noted = self._suspects.get(token)
+        if noted is not None and noted[0] is not None and time.monotonic() - noted[1] < KNOWN_DEAD_S:
+            return Failed(device, noted[0])  # Apple said so within the hour: not asked (and throttled) again
         credential = self._credential(push.app_id, device.app_identifier)
         if credential is None:
             configured = bool(self._credentials.get(push.app_id))
@@ -200,12 +208,12 @@ class ApnsProvider:
             return Sent(device)
         if verdict in (Verdict.TRANSIENT, Verdict.REFRESH):
             return Deferred(device, rejection.reason, rejection.retry_after_s)
-        self._suspect(token)
-        if verdict is Verdict.DEAD_TOKEN:
-            return Failed(device, rejection.reason, dead_token=True, dead_since_ms=rejection.dead_since_ms)
         # BadDeviceToken is only authoritative when the app cannot have sent it to the wrong environment.
-        dead = verdict is Verdict.SUSPECT_TOKEN and self._single_environment.get(app_id, False)
-        return Failed(device, rejection.reason, dead_token=dead)
+        dead = verdict is Verdict.DEAD_TOKEN or (
+            verdict is Verdict.SUSPECT_TOKEN and self._single_environment.get(app_id, False)
+        )
+        self._suspect(token, rejection.reason if dead else None)
+        return Failed(device, rejection.reason, dead_token=dead, dead_since_ms=rejection.dead_since_ms)
 
     def _credential(self, app_id: str, app_identifier: str | None) -> ApnsCredential | None:
         if app_identifier:
@@ -214,13 +222,15 @@ class ApnsProvider:
                 return found
         return self._defaults.get(app_id)
 
-    def _suspect(self, token: str) -> None:
-        self._suspects[token] = None
+    def _suspect(self, token: str, dead_reason: str | None) -> None:
+        self._suspects[token] = (dead_reason, time.monotonic())
         self._suspects.move_to_end(token)
         if len(self._suspects) > _SUSPECTS_KEPT:
             self._suspects.popitem(last=False)
 
     def publish_gauges(self) -> None:
+        for token in self.tokens.values():
+            metrics.JWT_AGE_SECONDS.labels(token.team_id, token.key_id).set(token.age_s)
         for credentials in self._credentials.values():
             for credential in set(credentials.values()):
                 credential.publish_stream_gauges()
@@ -228,6 +238,12 @@ class ApnsProvider:
     async def close(self) -> None:
         credentials = {id(c): c for by_topic in self._credentials.values() for c in by_topic.values()}
         await asyncio.gather(*(c.close() for c in credentials.values()), return_exceptions=True)
+
+
+@functools.cache
+def _latency(answer: str) -> Histogram:
+    """The request-latency child for one answer, looked up once (labels() takes a lock and a dict lookup)."""
+    return metrics.PROVIDER_SECONDS.labels(APNS, answer)
 
 
 def _reason(body: bytes) -> tuple[str | None, float | None]:

@@ -25,15 +25,18 @@ class CredentialGate:
         self._lock = asyncio.Lock()
 
     async def run(self, attempt: Callable[[], Awaitable[Rejection]]) -> Rejection:
-        if self._proven and self._pause_left() <= 0:
-            rejection = await attempt()
-        else:
+        if not self._proven or self._pause_left() > 0:
             async with self._lock:
                 left = self._pause_left()
                 if left > 0:
                     return Rejection(Verdict.TRANSIENT, CREDENTIAL_PAUSED, left)
-                rejection = await attempt()
-                self._proven = rejection.verdict is not Verdict.CREDENTIAL
+                if not self._proven:  # this request tests the credential; the others wait for it
+                    rejection = await attempt()
+                    self._proven = rejection.verdict is not Verdict.CREDENTIAL
+                    return self._settle(rejection)
+        return self._settle(await attempt())
+
+    def _settle(self, rejection: Rejection) -> Rejection:
         if rejection.verdict is Verdict.CREDENTIAL:
             self._pause(rejection.reason)
             return Rejection(Verdict.TRANSIENT, rejection.reason, self._pause_s)

@@ -110,6 +110,10 @@ class Http2Pool:
             if connection is None or not connection.is_usable:
                 self._replace(slot)
                 continue
+            if connection.max_streams == 1 and connection.in_flight == 0 and connection.queued == 0:
+                # Held to one stream (new under token auth, or throttled after a rejection): it gets a
+                # request whenever that stream is free, since only its next success lifts the limit.
+                return connection
             score = connection.free_streams + (1 << 40 if connection.max_streams > 1 else 0)
             if best is None or score > best_score:
                 best, best_score = connection, score

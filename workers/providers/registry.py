@@ -5,17 +5,21 @@ from __future__ import annotations
 from pushgw.settings import Settings
 from workers.providers.apns import ApnsProvider
 from workers.providers.fcm import FcmProvider
-from workers.providers.provider import APNS, FCM, Provider
+from workers.providers.ppns import PpnsProvider
+from workers.providers.provider import APNS, FCM, PPNS, Provider
 
 
 def build_providers(settings: Settings, recorder: Provider | None = None) -> dict[str, Provider]:
-    """APNs and FCM for the apps with credentials; the transports in `recording.transports` get `recorder`
-    instead (tests, benchmarks). A transport with no provider fails its devices `provider-not-configured`."""
+    """APNs and FCM for the apps with credentials, PPNS when `[ppns]` is configured; the transports in
+    `recording.transports` get `recorder` instead (tests, benchmarks). A transport with no provider fails
+    its devices `provider-not-configured`."""
     providers: dict[str, Provider] = {}
     if any(app.apns for app in settings.apps):
         providers[APNS] = ApnsProvider(settings.apps)
     if any(app.fcm for app in settings.apps):
         providers[FCM] = FcmProvider(settings.apps)
+    if settings.ppns is not None:
+        providers[PPNS] = PpnsProvider(settings)
     if recorder is not None:
         for transport in settings.recording.transports:
             providers[transport] = recorder
