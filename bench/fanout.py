@@ -1242,7 +1242,7 @@ def config_summary(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "machine_busy_before_start_percent": args.busy_before_start,
         "note": "one SecantusDB (temp storage, single core) holds _Installation, _PushStatus and "
         "pushgw_recorded, as pushgw needs; RabbitMQ at 127.0.0.1:5672; pushgw's worker defaults "
-        "(batch_size 500, prefetch 4); everything shares the machine's cores; the intake's _PushStatus "
+        "(batch_size 500, prefetch 4, send_prefetch 16); everything shares the machine's cores; the intake's _PushStatus "
         "inserts queue behind planner scans (no separate database possible: one mongo.uri)"
         + ("; py-spy runs during the push phases (numbers disturbed)" if args.profile else ""),
     }  # fmt: skip

@@ -86,7 +86,7 @@ class WorkerSettings(Section):
 
     batch_size: int = Field(default=500, ge=1, le=5000)
     prefetch: int = Field(default=4, ge=1)
-    send_concurrency: int = Field(default=64, ge=1)
+    send_prefetch: int = Field(default=16, ge=1)
     progress_chunk: int = Field(default=100, ge=1)
     progress_interval_s: float = Field(default=1.0, ge=0)
     max_attempts: int = Field(default=5, ge=1)
@@ -187,6 +187,43 @@ class FcmSettings(Section):
         return (self.url or "https://fcm.googleapis.com").rstrip("/")
 
 
+class PpnsSettings(Section):
+    """The PPNS device socket server (`pushgw ppns`) and the backlog the fleet's PPNS provider writes.
+
+    TLS unless `plain_tcp` (behind a terminator that must not offer h2, see docs/ppns.md).
+    """
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=443, ge=0, le=65535)
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    plain_tcp: bool = False
+    handshake_timeout_s: float = Field(default=10.0, gt=0)
+    reject_delay_s: float = Field(default=1.0, ge=0)  # before resetting a bad handshake
+    max_input_line_bytes: int = Field(default=4096, ge=256)
+    push_line_bytes: int = Field(default=2047, ge=64)  # the Linux client's 2048-byte buffer, LF included
+    app_push_line_bytes: dict[str, int] = Field(default_factory=dict)  # app id → limit (1023 CC3200, 127)
+    installation_push_line_bytes: dict[str, int] = Field(default_factory=dict)  # installation id → limit
+    keepalive_interval_s: float = Field(default=300.0, gt=0)  # our own `{}` to every device
+    tcp_keepalive_idle_s: int = Field(default=60, ge=1)
+    tcp_keepalive_interval_s: int = Field(default=20, ge=1)
+    tcp_keepalive_count: int = Field(default=5, ge=1)
+    write_timeout_s: int = Field(default=120, ge=1)  # TCP_USER_TIMEOUT: unacknowledged data → dead peer
+    max_write_buffer_bytes: int = Field(default=65_536, ge=4096)  # a reader this far behind is reset
+    retention_s: float = Field(default=7 * 86_400.0, gt=0)
+    backlog_cap: int = Field(default=100, ge=1)
+    replay_without_last: Literal["retained", "unwritten", "none"] = "unwritten"
+    poll_interval_s: float = Field(default=0.25, gt=0)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+    def push_line_limit(self, app_id: str, installation_id: str) -> int:
+        """The longest push line (JSON + LF) this installation's client can take."""
+        if installation_id in self.installation_push_line_bytes:
+            return self.installation_push_line_bytes[installation_id]
+        return self.app_push_line_bytes.get(app_id, self.push_line_bytes)
+
+
 class AppSettings(Section):
     """One Parse app: its keys, who may use the master key, and the database its Parse Server uses."""
 
@@ -257,6 +294,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     worker: WorkerSettings = WorkerSettings()
     recording: RecordingSettings = RecordingSettings()
+    ppns: PpnsSettings | None = None
     apps: list[AppSettings] = Field(default_factory=list)
 
     @classmethod

@@ -58,7 +58,7 @@ class Worker:
         broker, prefetch = self._connections.broker, self._settings.worker.prefetch
         self._consumers = [
             await broker.consume(PLAN, self._handle, prefetch=prefetch),
-            await broker.consume(SEND, self._handle, prefetch=prefetch),
+            await broker.consume(SEND, self._handle, prefetch=self._settings.worker.send_prefetch),
             await broker.consume(DEAD_ROUTE, self.dead_letters.keep, prefetch=prefetch),
         ]
         log.info("worker_started", owner=self.owner, transports=sorted(self._providers))

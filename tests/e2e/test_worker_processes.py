@@ -22,7 +22,7 @@ from tests.integration.test_fleet import final_status, send
 GatewayFactory = Callable[[Settings], RunningGateway]
 WORKER = {
     "batch_size": 200, "planner_lease_s": 3, "watchdog_interval_s": 0.5, "requeue_delay_s": 0.2,
-    "progress_interval_s": 0.2, "delay_tiers_s": [1, 2], "shutdown_timeout_s": 20,
+    "progress_interval_s": 0.2, "delay_tiers_s": [1, 2], "shutdown_timeout_s": 20, "send_prefetch": 4,
 }  # fmt: skip
 RECORDING = {"transports": ["apns", "fcm", "ppns"], "store": "mongo", "latency_ms": 150}
 
