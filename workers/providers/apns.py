@@ -41,6 +41,7 @@ log = get_logger(__name__)
 JWT_REFRESH_S = 50 * 60  # Apple: no more often than every 20 min, no less often than every 60
 JWT_MIN_AGE_S = 20 * 60
 _SUSPECTS_KEPT = 100_000
+_SENT = classify_apns(200, None)
 KNOWN_DEAD_S = 3600.0  # a token APNs declared dead is failed locally for this long, without a request
 NO_CREDENTIAL = "no-apns-credential"
 CONNECTION_ERROR = "connection-error"
@@ -103,6 +104,8 @@ class ApnsCredential:
 
     async def post(self, token: str, headers: dict[str, str], body: bytes, lane: str) -> Rejection:
         """One notification through the credential's gate; a stale JWT is renewed and sent once more."""
+        if self._gate.is_open:  # the hot path: no lambda, no lock
+            return self._gate.settle(await self._post_renewing(token, headers, body, lane))
         return await self._gate.run(lambda: self._post_renewing(token, headers, body, lane))
 
     async def _post_renewing(self, token: str, headers: dict[str, str], body: bytes, lane: str) -> Rejection:
@@ -128,11 +131,11 @@ class ApnsCredential:
             _latency(CONNECTION_ERROR).observe(time.perf_counter() - started)
             return Rejection(Verdict.TRANSIENT, f"{CONNECTION_ERROR}: {type(error).__name__}")
         if response.status == 200:
-            rejection = classify_apns(200, None)
-        else:
-            reason, timestamp_ms = _reason(response.body)
-            retry_after_s = parse_retry_after(response.headers.get("retry-after"))
-            rejection = classify_apns(response.status, reason, retry_after_s, timestamp_ms)
+            _SENT_LATENCY.observe(time.perf_counter() - started)
+            return _SENT
+        reason, timestamp_ms = _reason(response.body)
+        retry_after_s = parse_retry_after(response.headers.get("retry-after"))
+        rejection = classify_apns(response.status, reason, retry_after_s, timestamp_ms)
         _latency(rejection.reason or "sent").observe(time.perf_counter() - started)
         return rejection
 
@@ -244,6 +247,9 @@ class ApnsProvider:
 def _latency(answer: str) -> Histogram:
     """The request-latency child for one answer, looked up once (labels() takes a lock and a dict lookup)."""
     return metrics.PROVIDER_SECONDS.labels(APNS, answer)
+
+
+_SENT_LATENCY = _latency("sent")
 
 
 def _reason(body: bytes) -> tuple[str | None, float | None]:

@@ -24,6 +24,11 @@ class CredentialGate:
         self._proven = False
         self._lock = asyncio.Lock()
 
+    @property
+    def is_open(self) -> bool:
+        """Proven and not paused: send without the gate, then `settle` the answer."""
+        return self._proven and self._paused_until <= time.monotonic()
+
     async def run(self, attempt: Callable[[], Awaitable[Rejection]]) -> Rejection:
         if not self._proven or self._pause_left() > 0:
             async with self._lock:
@@ -33,10 +38,10 @@ class CredentialGate:
                 if not self._proven:  # this request tests the credential; the others wait for it
                     rejection = await attempt()
                     self._proven = rejection.verdict is not Verdict.CREDENTIAL
-                    return self._settle(rejection)
-        return self._settle(await attempt())
+                    return self.settle(rejection)
+        return self.settle(await attempt())
 
-    def _settle(self, rejection: Rejection) -> Rejection:
+    def settle(self, rejection: Rejection) -> Rejection:
         if rejection.verdict is Verdict.CREDENTIAL:
             self._pause(rejection.reason)
             return Rejection(Verdict.TRANSIENT, rejection.reason, self._pause_s)
