@@ -54,13 +54,13 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from pushgw.broker import PLAN, SEND, Topology
 from pushgw.errors import INTERNAL_SERVER_ERROR
 from pushgw.mongo import Document, create_client
 from pushgw.push import parse_push
 from pushgw.push_status import COLLECTION as STATUS
 from pushgw.push_status import TERMINAL, fail_push
 from pushgw.settings import WorkerSettings
+from pushgw.topology import PLAN, SEND, Topology
 from workers.audience import translate_where
 from workers.planner import _PROJECTION, MongoSubqueries, SchemaCache, pins_indexed_field, server_filter
 from workers.providers.recording import RECORDED_COLLECTION

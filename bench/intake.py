@@ -41,12 +41,12 @@ from pamqp.commands import Basic
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import PyMongoError
 
-from pushgw.broker import WORK_QUEUES, Topology
 from pushgw.messages import PlanPush
 from pushgw.mongo import Document, create_client
 from pushgw.push import parse_push
 from pushgw.push_status import COLLECTION, InsertBatcher, new_object_id, new_status_document
 from pushgw.settings import Settings, load_settings
+from pushgw.topology import WORK_QUEUES, Topology
 
 REPO = Path(__file__).resolve().parent.parent
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/"

@@ -13,7 +13,7 @@ from pymongo.errors import PyMongoError
 
 from pushgw import parse_quirks
 from pushgw.auth import authenticate
-from pushgw.broker import PLAN, Broker, PublishError
+from pushgw.broker import Broker, PublishError
 from pushgw.clock import Clock
 from pushgw.connections import Connections
 from pushgw.errors import INTERNAL_SERVER_ERROR, InternalError, MalformedJson, RouteNotFound
@@ -25,6 +25,7 @@ from pushgw.mongo import app_database
 from pushgw.push import Push, parse_push
 from pushgw.push_status import COLLECTION, InsertBatcher, fail_unstarted, new_object_id, new_status_document
 from pushgw.settings import AppSettings, Settings
+from pushgw.topology import PLAN
 
 log = get_logger(__name__)
 

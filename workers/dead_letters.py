@@ -12,13 +12,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from pushgw import metrics
-from pushgw.broker import PLAN, SEND, Broker, Delivery
+from pushgw.broker import Broker, Delivery
 from pushgw.clock import Clock
 from pushgw.logs import get_logger
 from pushgw.messages import PlanPush, SendBatch, UnknownWorkItem, parse_work_item
 from pushgw.mongo import Document
 from pushgw.push_status import COLLECTION, StatusStore
 from pushgw.settings import Settings
+from pushgw.topology import PLAN, SEND
 from workers.outcomes import Failed, Reason, Tally, utc_offset_key
 
 log = get_logger(__name__)

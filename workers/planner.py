@@ -17,7 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
 from pushgw import metrics
-from pushgw.broker import SEND, Broker
+from pushgw.broker import Broker
 from pushgw.clock import Clock
 from pushgw.errors import INVALID_QUERY
 from pushgw.logs import get_logger
@@ -25,6 +25,7 @@ from pushgw.messages import Device, PlanPush, SendBatch
 from pushgw.mongo import Document
 from pushgw.push_status import OWN, StatusStore
 from pushgw.settings import AppSettings, WorkerSettings
+from pushgw.topology import SEND
 from workers.audience import ClassSchema, QueryError, conjoin, translate_where
 from workers.badge import BadgeError, badge_rule
 from workers.providers.provider import TOKEN_TRANSPORTS, transport_for

@@ -9,13 +9,13 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from pymongo.asynchronous.collection import AsyncCollection
 
-from pushgw.broker import PLAN
 from pushgw.clock import Clock
 from pushgw.connections import Connections
 from pushgw.logs import get_logger
 from pushgw.mongo import Document, app_database
 from pushgw.push_status import COLLECTION, OWN, plan_from_status
 from pushgw.settings import AppSettings, Settings
+from pushgw.topology import PLAN
 from workers.periodic import run_every
 from workers.planner import plan_key
 

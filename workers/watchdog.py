@@ -8,7 +8,6 @@ from datetime import timedelta
 from pymongo.asynchronous.collection import AsyncCollection
 
 from pushgw import metrics
-from pushgw.broker import PLAN
 from pushgw.clock import Clock
 from pushgw.connections import Connections
 from pushgw.logs import get_logger
@@ -16,6 +15,7 @@ from pushgw.messages import PlanPush
 from pushgw.mongo import Document, app_database
 from pushgw.push_status import COLLECTION, OWN, fail_push, plan_from_status
 from pushgw.settings import AppSettings, Settings
+from pushgw.topology import PLAN
 from workers.dead_letters import DeadLetters
 from workers.periodic import run_every
 from workers.scheduler import parse_push_time, zone_groups

@@ -13,13 +13,14 @@ from typing import Any
 from prometheus_client import start_http_server
 from pymongo.errors import PyMongoError
 
-from pushgw.broker import PLAN, SEND, Consumer, Delivery, PublishError
+from pushgw.broker import Consumer, Delivery, PublishError
 from pushgw.clock import Clock
 from pushgw.connections import Connections
 from pushgw.logs import get_logger
 from pushgw.messages import PlanPush, SendBatch, UnknownWorkItem, parse_work_item
 from pushgw.mongo import app_database
 from pushgw.settings import Settings
+from pushgw.topology import PLAN, SEND
 from workers.dead_letters import DEAD_ROUTE, DeadLetters
 from workers.periodic import run_every
 from workers.planner import Planner, ensure_installation_indexes
