@@ -13,6 +13,7 @@ import uvloop
 from pydantic import SecretStr
 from pymongo.errors import PyMongoError
 
+from ppns.server import run_node_until
 from pushgw import push_commands
 from pushgw.app import build_app
 from pushgw.clock import SystemClock
@@ -213,8 +214,19 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 def run_ppns(settings: Settings, _: argparse.Namespace) -> int:
-    print("pushgw ppns: the PPNS socket server is not built yet (issue #5); nothing to run.", file=sys.stderr)
-    return 2
+    ppns = settings.ppns
+    if ppns is None:
+        raise ConfigError("ppns: no [ppns] section configured; see docs/ppns.md")
+    if not settings.apps:
+        raise ConfigError("apps: no [[apps]] configured; add one with app_id and master_key")
+    if not ppns.plain_tcp and (ppns.cert_file is None or ppns.key_file is None):
+        raise ConfigError("ppns.cert_file and ppns.key_file are required unless ppns.plain_tcp = true")
+    return _run(_run_ppns(settings))
+
+
+async def _run_ppns(settings: Settings) -> int:
+    await run_node_until(settings, _stop_on_signals())
+    return 0
 
 
 def _run(main: Coroutine[Any, Any, T]) -> T:

@@ -80,3 +80,26 @@ CLEANUP_SUSPENSIONS = Counter(
     "Token cleanup stopped by its circuit breaker (a burst of dead-token answers): alert on this.",
     ["app_id", "reason"],
 )
+
+PPNS_CONNECTIONS = Gauge("pushgw_ppns_connections", "Live PPNS device connections on this node.")
+PPNS_HANDSHAKES = Counter(
+    "pushgw_ppns_handshakes_total",
+    "PPNS handshakes by outcome (ok, unknown_app, malformed, timeout, too_long, closed).",
+    ["outcome"],
+)
+PPNS_PUSHES = Counter(
+    "pushgw_ppns_pushes_total",
+    "PPNS pushes by stage: stored (backlog), written (live), replayed (after a handshake), too_large.",
+    ["stage"],
+)
+PPNS_WRITE_SECONDS = Histogram(
+    "pushgw_ppns_write_seconds",
+    "Time from a push's wake-up (or handshake) to its line being handed to the socket.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+PPNS_BYTES_OUT = Counter("pushgw_ppns_bytes_out_total", "Bytes written to PPNS devices (before TLS).")
+PPNS_RESETS = Counter(
+    "pushgw_ppns_resets_total",
+    "PPNS connections closed by the server with RST, by reason (replaced, eof, slow_reader, shutdown, …).",
+    ["reason"],
+)

@@ -8,5 +8,6 @@ pytest_plugins = [
     "tests.fixtures.processes",
     "tests.fixtures.fleet",
     "tests.fixtures.emulators",
+    "tests.fixtures.ppns_devices",
     "pushgw.testing",
 ]

@@ -1,0 +1,57 @@
+"""installation → the live connection this node holds for it; a newer connection replaces an older one."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pushgw import metrics
+
+InstallationKey = tuple[str, str]  # (app id, installation id)
+
+
+class LiveConnection(Protocol):
+    key: InstallationKey
+    holder: str  # this connection's unique id, recorded as the installation's newest connection
+
+    def reset(self) -> None:
+        """Close abortively (RST)."""
+        ...
+
+    def wake(self, newest_time: str) -> None:
+        """A push up to `newest_time` is stored for this installation."""
+        ...
+
+    def cursor(self) -> str | None:
+        """The `time` of the newest push written (or skipped) on this connection."""
+        ...
+
+
+class Registry:
+    """This node's live connections by installation (single node: the whole presence)."""
+
+    def __init__(self) -> None:
+        self._live: dict[InstallationKey, LiveConnection] = {}
+
+    def claim(self, connection: LiveConnection) -> None:
+        """Make `connection` the installation's connection; the one it replaces is reset (newest wins)."""
+        previous = self._live.get(connection.key)
+        self._live[connection.key] = connection
+        if previous is not None and previous is not connection:
+            metrics.PPNS_RESETS.labels("replaced").inc()
+            previous.reset()
+
+    def release(self, connection: LiveConnection) -> None:
+        if self._live.get(connection.key) is connection:
+            del self._live[connection.key]
+
+    def holds(self, connection: LiveConnection) -> bool:
+        return self._live.get(connection.key) is connection
+
+    def by_app(self) -> dict[str, list[LiveConnection]]:
+        grouped: dict[str, list[LiveConnection]] = {}
+        for (app_id, _), connection in self._live.items():
+            grouped.setdefault(app_id, []).append(connection)
+        return grouped
+
+    def __len__(self) -> int:
+        return len(self._live)

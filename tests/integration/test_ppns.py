@@ -1,0 +1,371 @@
+"""The PPNS node over real TLS with emulated devices, pushes stored by the real PpnsProvider in SecantusDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from pushgw.emulators.tls import ServerCertificates, write_server_certificates
+from pushgw.messages import Device
+from pushgw.settings import Settings
+from tests.fixtures.fleet import RunningWorker
+from tests.fixtures.gateway import RunningGateway, SettingsFactory
+from tests.fixtures.parse_data import installation, seed_schema
+from tests.fixtures.ppns_devices import (
+    ARDUINO,
+    GO,
+    LINUX,
+    PROFILES,
+    RTOS,
+    RunningNode,
+    connect_device,
+    wait_for,
+)
+from tests.fixtures.waiting import until
+from tests.integration.test_apns_delivery import WORKER
+from tests.integration.test_fleet import final_status, send
+from workers.outcomes import Failed, Outcome, Reason, Sent
+from workers.providers.ppns import PpnsProvider
+from workers.providers.provider import Notification, PushContext
+
+NodeFactory = Callable[[Settings], RunningNode]
+_push_counter = iter(range(10**6))
+
+
+def ppns_settings(
+    make_settings: SettingsFactory,
+    certificates: ServerCertificates,
+    sections: dict[str, Any] | None = None,
+    **ppns: Any,
+) -> Settings:
+    section = {
+        "host": "127.0.0.1", "port": 0, "cert_file": str(certificates.cert_file),
+        "key_file": str(certificates.key_file), "poll_interval_s": 0.05, "reject_delay_s": 0.05, **ppns,
+    }  # fmt: skip
+    return make_settings(ppns=section, **(sections or {}))
+
+
+def store(
+    settings: Settings, installation_id: str, *datas: dict[str, Any], app_id: str = "app1"
+) -> list[Outcome]:
+    """Each `data` as its own push, through the fleet's provider (one batch per push)."""
+
+    async def run() -> list[Outcome]:
+        provider = PpnsProvider(settings)
+        outcomes: list[Outcome] = []
+        try:
+            for data in datas:
+                device = Device(
+                    object_id="obj", device_type="embedded", transport="ppns", installation_id=installation_id
+                )
+                push = PushContext(
+                    app_id=app_id, push_id=f"P{next(_push_counter):09d}", options={}, expiry_ms=None
+                )
+                outcomes += await provider.send(push, [Notification(device, data)])
+        finally:
+            await provider.close()
+        return outcomes
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory, ppns_certificates: ServerCertificates) -> Settings:
+    return ppns_settings(make_settings, ppns_certificates)
+
+
+@pytest.fixture
+def node(ppns_node_factory: NodeFactory, settings: Settings) -> RunningNode:
+    return ppns_node_factory(settings)
+
+
+def assert_clean_wire(device: Any) -> None:
+    """Reference §8: one message per record, LF only, compact, `time` strictly increasing and first."""
+    times = []
+    for record in device.records:
+        assert record.endswith(b"\n") and record.count(b"\n") == 1 and b"\r" not in record, record
+        message = json.loads(record)
+        if message:
+            assert list(message) == ["time", "push_id", "data"], message
+            assert len(message["time"]) == 24 and len(message["push_id"]) == 10
+            times.append(message["time"])
+    assert times == sorted(set(times))
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
+def test_every_client_family_gets_a_burst_of_pushes_in_order(
+    node: RunningNode, settings: Settings, profile: Any
+) -> None:
+    device = node.device(profile)
+    device.send_handshake()
+    until(lambda: node.server.connection_count == 1, what="handshake")
+    alerts = [f"push {n}" for n in range(30)]
+    assert all(
+        isinstance(outcome, Sent)
+        for outcome in store(settings, device.installation_id, *({"alert": a} for a in alerts))
+    )
+    wait_for(device, lambda: len(device.pushes) == 30, "30 pushes")
+    assert device.alerts() == alerts and not device.desynced
+    assert_clean_wire(device)
+    if profile.ping_after_handshake != "none":
+        wait_for(device, lambda: device.heartbeats == 1, "pong")
+    device.close()
+
+
+def test_reconnect_with_last_replays_only_what_was_missed(node: RunningNode, settings: Settings) -> None:
+    device = node.device(LINUX)
+    device.send_handshake()
+    until(lambda: node.server.connection_count == 1, what="handshake")
+    store(settings, device.installation_id, {"alert": "a"}, {"alert": "b"})
+    wait_for(device, lambda: len(device.pushes) == 2, "two pushes")
+    device.close()
+    until(lambda: node.server.connection_count == 0, what="disconnect noticed")
+    store(settings, device.installation_id, {"alert": "c"}, {"alert": "d"}, {"alert": "e"})
+    again = node.device(LINUX, installation_id=device.installation_id, last=device.last)
+    again.send_handshake()
+    wait_for(again, lambda: len(again.pushes) == 3, "the three missed pushes")
+    assert again.alerts() == ["c", "d", "e"]
+    assert_clean_wire(again)
+
+
+def test_handshake_without_last_gets_only_pushes_never_written(node: RunningNode, settings: Settings) -> None:
+    device = node.device(ARDUINO)  # Arduino keeps no `last` (persistence is `#if 0`)
+    device.send_handshake()
+    until(lambda: node.server.connection_count == 1, what="handshake")
+    store(settings, device.installation_id, {"alert": "seen"})
+    wait_for(device, lambda: len(device.pushes) == 1, "first push")
+    device.close()
+    until(lambda: node.server.connection_count == 0, what="disconnect noticed")
+    store(settings, device.installation_id, {"alert": "offline"})
+    again = node.device(GO, installation_id=device.installation_id)  # omits `last` altogether
+    again.send_handshake()
+    wait_for(again, lambda: len(again.pushes) == 1, "the unwritten push")
+    assert again.alerts() == ["offline"]
+
+
+def test_server_restart_resets_devices_and_they_resume_with_last(
+    ppns_node_factory: NodeFactory, settings: Settings
+) -> None:
+    node = ppns_node_factory(settings)
+    device = node.device(LINUX)
+    device.send_handshake()
+    until(lambda: node.server.connection_count == 1, what="handshake")
+    store(settings, device.installation_id, {"alert": "before"})
+    wait_for(device, lambda: len(device.pushes) == 1, "push before restart")
+    node.stop()
+    wait_for(device, lambda: device.state != "open", "the restart to reach the device")
+    assert device.state == "reset"  # RST, never FIN: the Linux client spins forever after a FIN
+    store(settings, device.installation_id, {"alert": "during"})
+    restarted = ppns_node_factory(settings)
+    again = restarted.device(LINUX, installation_id=device.installation_id, last=device.last)
+    again.send_handshake()
+    wait_for(again, lambda: len(again.pushes) == 1, "the push stored during the restart")
+    assert again.alerts() == ["during"]
+
+
+def test_newest_connection_wins_and_the_old_one_is_reset(node: RunningNode, settings: Settings) -> None:
+    old = node.device(LINUX)
+    old.send_handshake()
+    until(lambda: node.server.connection_count == 1, what="first connection")
+    new = node.device(RTOS, installation_id=old.installation_id)
+    new.send_handshake()
+    wait_for(old, lambda: old.state != "open", "the old connection to be dropped")
+    assert old.state == "reset"
+    store(settings, old.installation_id, {"alert": "to the new one"})
+    wait_for(new, lambda: len(new.pushes) == 1, "push on the new connection")
+    until(lambda: node.server.connection_count == 1, what="only the new connection")
+
+
+def test_oversized_payload_fails_payload_too_large_and_later_pushes_arrive(
+    make_settings: SettingsFactory, ppns_certificates: ServerCertificates, ppns_node_factory: NodeFactory
+) -> None:
+    settings = ppns_settings(make_settings, ppns_certificates, app_push_line_bytes={"app1": 1023})
+    node = ppns_node_factory(settings)
+    device = node.device(LINUX)
+    device.send_handshake()
+    until(lambda: node.server.connection_count == 1, what="handshake")
+    outcomes = store(settings, device.installation_id, {"alert": "x" * 1100}, {"alert": "small"})
+    assert isinstance(outcomes[0], Failed) and outcomes[0].reason == Reason.PAYLOAD_TOO_LARGE
+    assert isinstance(outcomes[1], Sent)
+    wait_for(device, lambda: len(device.pushes) == 1, "the small push")
+    assert device.alerts() == ["small"] and not device.desynced
+
+
+def test_default_limit_is_the_linux_buffer(settings: Settings) -> None:
+    fits = "x" * (
+        2047 - len('{"time":"2026-11-25T17:10:58.337Z","push_id":"AbCdEfGhIj","data":{"alert":""}}\n')
+    )
+    outcomes = store(settings, "inst-limit", {"alert": fits}, {"alert": fits + "x"})
+    assert isinstance(outcomes[0], Sent)
+    assert isinstance(outcomes[1], Failed) and outcomes[1].reason == Reason.PAYLOAD_TOO_LARGE
+
+
+def handshakes(outcome: str) -> float:
+    return REGISTRY.get_sample_value("pushgw_ppns_handshakes_total", {"outcome": outcome}) or 0.0
+
+
+def test_unknown_app_id_is_reset_after_a_short_delay_and_counted(node: RunningNode) -> None:
+    before = handshakes("unknown_app")
+    device = node.device(LINUX, app_id="not-configured")
+    device.send_handshake()
+    wait_for(device, lambda: device.state != "open", "the rejection")
+    assert device.state == "reset" and not device.records
+    assert handshakes("unknown_app") == before + 1
+
+
+def test_slow_loris_handshake_is_reset_at_the_timeout(
+    make_settings: SettingsFactory, ppns_certificates: ServerCertificates, ppns_node_factory: NodeFactory
+) -> None:
+    node = ppns_node_factory(ppns_settings(make_settings, ppns_certificates, handshake_timeout_s=0.5))
+    device = node.device(LINUX)
+    device.write(b'{"installation_id":')
+    wait_for(device, lambda: device.state != "open", "the handshake timeout")
+    assert device.state == "reset"
+
+
+def test_endless_line_is_reset(node: RunningNode) -> None:
+    device = node.device(LINUX)
+    for _ in range(3):
+        device.write(b"x" * 2000)
+    wait_for(device, lambda: device.state != "open", "the line limit")
+    assert device.state == "reset"
+
+
+@pytest.mark.parametrize(
+    "first_write",
+    [
+        b'{"installation_id":"%s", "oauth_key":"app1", "v":"e1.0.0", "last":null}\n{}\n',
+        b'{"installation_id":"%s","oauth_key":"app1","v":"e1.0.0"}\r\n{}\r\n',
+        b'\r\n  { "v" : "a1.8.0" , "oauth_key" : "app1", "installation_id" : "%s", "last_seen": [], "x": {"y": 1} }\r\n{}\n{}\r\n',
+    ],
+    ids=["lf-with-ping", "crlf-no-last-with-ping", "spaces-unknown-fields-two-pings"],
+)
+def test_handshake_variants_are_accepted_and_glued_pings_answered(
+    node: RunningNode, first_write: bytes
+) -> None:
+    device = node.device(GO)
+    device.write(first_write.replace(b"%s", device.installation_id.encode()))
+    expected = first_write.count(b"{}")
+    wait_for(device, lambda: device.heartbeats == expected, "pongs")
+    assert device.records == [b"{}\n"] * expected
+    until(lambda: node.server.connection_count == 1, what="the connection to be registered")
+
+
+def test_pings_are_answered_each_in_its_own_record(node: RunningNode) -> None:
+    device = node.device(LINUX)
+    device.send_handshake()
+    wait_for(device, lambda: device.heartbeats == 1, "first pong")
+    for _ in range(5):
+        device.ping()
+    wait_for(device, lambda: device.heartbeats == 6, "five more pongs")
+    assert device.records == [b"{}\n"] * 6
+
+
+def test_server_keepalive_reaches_a_client_that_never_pings(
+    make_settings: SettingsFactory, ppns_certificates: ServerCertificates, ppns_node_factory: NodeFactory
+) -> None:
+    node = ppns_node_factory(ppns_settings(make_settings, ppns_certificates, keepalive_interval_s=0.1))
+    device = node.device(RTOS)
+    device.send_handshake()
+    wait_for(device, lambda: device.heartbeats >= 3, "server keep-alives")
+    assert device.state == "open"
+
+
+def test_alpn_never_selects_h2(node: RunningNode) -> None:
+    assert node.device(LINUX).tls.selected_alpn_protocol() == "http/1.1"
+    assert node.device(LINUX, alpn=("h2",)).tls.selected_alpn_protocol() is None
+
+
+def test_plain_tcp_mode_for_a_tls_terminator(
+    make_settings: SettingsFactory, ppns_certificates: ServerCertificates, ppns_node_factory: NodeFactory
+) -> None:
+    node = ppns_node_factory(ppns_settings(make_settings, ppns_certificates, plain_tcp=True))
+    with socket.create_connection(("127.0.0.1", node.port), timeout=5) as sock:
+        sock.sendall(b'{"installation_id":"i1","oauth_key":"app1","v":"e1.0.0"}\n{}\n')
+        assert sock.recv(100) == b"{}\n"
+
+
+def test_a_device_that_does_not_trust_the_certificate_never_connects(
+    node: RunningNode, tmp_path: Path
+) -> None:
+    other = write_server_certificates(tmp_path / "other")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        connect_device(node.port, other.ca_file)
+
+
+def test_intake_to_worker_to_node_to_device(
+    make_settings: SettingsFactory,
+    ppns_certificates: ServerCertificates,
+    ppns_node_factory: NodeFactory,
+    gateway_factory: Callable[[Settings], RunningGateway],
+    worker_factory: Callable[..., RunningWorker],
+    mongo: Any,
+    db_name: str,
+) -> None:
+    settings = ppns_settings(
+        make_settings, ppns_certificates, {"worker": WORKER, "recording": {"transports": []}}
+    )
+    node = ppns_node_factory(settings)
+    linux, android = node.device(LINUX), node.device(GO)
+    seed_schema(mongo[db_name])
+    mongo[db_name]["_Installation"].insert_many([
+        installation("embedded", installationId=linux.installation_id),
+        installation("android", pushType="ppns", installationId=android.installation_id),
+    ])  # fmt: skip
+    for device in (linux, android):
+        device.send_handshake()
+    until(lambda: node.server.connection_count == 2, what="both handshakes")
+    gateway, _ = gateway_factory(settings), worker_factory(settings)
+    push_id = send(gateway, {"where": {}, "data": {"alert": "hello"}})
+    row = final_status(mongo, db_name, push_id)
+    assert (row["status"], row["numSent"], row["sentPerType"]) == (
+        "succeeded",
+        2,
+        {"embedded": 1, "android": 1},
+    )
+    wait_for(linux, lambda: len(linux.pushes) == 1, "the Linux device's push")
+    wait_for(android, lambda: len(android.pushes) == 1, "the Android device's push")
+    for device in (linux, android):
+        assert device.pushes[0]["data"]["alert"] == "hello" and device.pushes[0]["push_id"] == push_id
+
+
+def test_arduino_installation_limit_of_127_bytes(
+    make_settings: SettingsFactory, ppns_certificates: ServerCertificates, ppns_node_factory: NodeFactory
+) -> None:
+    installation_id = "0123abcd-0123-abcd-0123-0123456789ab"
+    limits = {installation_id: 127}
+    settings = ppns_settings(make_settings, ppns_certificates, installation_push_line_bytes=limits)
+    node = ppns_node_factory(settings)
+    device = node.device(ARDUINO, installation_id=installation_id)
+    device.send_handshake()
+    until(lambda: node.server.connection_count == 1, what="handshake")
+    outcomes = store(settings, installation_id, {"alert": "y" * 60}, {"alert": "ok"})
+    assert isinstance(outcomes[0], Failed) and outcomes[0].reason == Reason.PAYLOAD_TOO_LARGE
+    wait_for(device, lambda: device.alerts() == ["ok"], "the short push")
+    assert device.truncated == 0 and all(len(line) <= 126 for line in device.lines)
+
+
+def test_device_moving_to_another_node_replaces_the_old_connection_and_loses_nothing(
+    ppns_node_factory: NodeFactory, settings: Settings
+) -> None:
+    node_a, node_b = ppns_node_factory(settings), ppns_node_factory(settings)
+    first = node_a.device(LINUX)
+    first.send_handshake()
+    until(lambda: node_a.server.connection_count == 1, what="handshake on node A")
+    store(settings, first.installation_id, {"alert": "via A"})
+    wait_for(first, lambda: first.alerts() == ["via A"], "the push via node A")
+    moved = node_b.device(RTOS, installation_id=first.installation_id, last=first.last)
+    moved.send_handshake()
+    wait_for(first, lambda: first.state != "open", "node A to drop the replaced connection")
+    assert first.state == "reset"
+    store(settings, first.installation_id, {"alert": "via B"})
+    wait_for(moved, lambda: moved.alerts() == ["via B"], "the push via node B")
+    until(lambda: node_a.server.connection_count == 0, what="node A to forget the device")
