@@ -1,0 +1,743 @@
+"""PPNS node benchmark: N idle device connections on one real `pushgw ppns` node (issue 5).
+
+One run, one process tree (every child is started here and stopped on every exit path, Ctrl-C included):
+  1. a SecantusDB (temp storage), a test CA and server certificate (`write_server_certificates`);
+  2. per mode (`tls`: the node terminates TLS itself; `plain`: `plain_tcp = true`, what runs behind a TLS
+     terminator such as nginx `stream`): start `pushgw ppns` (RLIMIT_NOFILE raised in that child only),
+     read its RSS/PSS, then start the load generator, a separate uvloop process (this file with
+     `--loadgen`) that opens N device connections from several 127.0.0.x source addresses, sends a handshake
+     + `{}` each (TLS via ssl.MemoryBIO, so the generator does not pay asyncio's 256 KiB TLS buffers) and
+     reads lines, recording the receive time of every push;
+  3. idle memory: once the node's `pushgw_ppns_connections` gauge reaches N and has settled, RSS and PSS of
+     every process of the node (the node and its children) again: (after − before) / N per connection;
+  4. broadcast: one push stored for every connected installation exactly the way the PPNS provider does
+     (`Backlog.store`, from this process, `--store-concurrency` at once); time from the first store to the
+     last device receiving it (and the store time alone);
+  5. (run before 4) single-push latency under that load: `--samples` pushes to random installations, one at a time; latency
+     = the device's receive time − the return of `Backlog.store` (the moment the provider counts it `Sent`);
+  6. print the targets with PASS/MISS, `--json` adds one object with every number.
+
+Run: `.venv/bin/python bench/ppns.py [--connections 1000,10000,50000] [--modes tls,plain] [--samples 200]
+[--poll-interval-s 0.25] [--json] [--keep-logs DIR]`. Needs root or a hard RLIMIT_NOFILE above N (the
+children raise their own limits) and, above ~25,000 connections, several source addresses (automatic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+SCRIPT = Path(__file__).resolve()
+REPO = SCRIPT.parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+APP_ID = "benchapp"
+DATABASE = "bench_ppns"
+PER_SOURCE_ADDRESS = 20_000  # well inside the 28k ephemeral ports of one source address
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+NOFILE = 400_000
+TARGETS = {"connections": 50_000, "kib_per_connection": 16.0, "broadcast_s": 5.0, "p99_ms": 50.0}
+IP_BIND_ADDRESS_NO_PORT = 24
+
+
+class BenchError(Exception):
+    """The bench could not run (a child did not start or died, a phase missed its deadline, …)."""
+
+
+def say(text: str) -> None:
+    print(f"[ppns {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def raise_nofile() -> None:
+    """In a child only: enough descriptors for N sockets (root may raise the hard limit)."""
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# ---------------------------------------------------------------- load generator (child process)
+
+
+class Device(asyncio.Protocol):
+    """One emulated device: handshake + ping, then every push line's receive time."""
+
+    def __init__(self, gen: LoadGen, installation_id: str) -> None:
+        self.gen, self.installation_id = gen, installation_id
+        self.transport: asyncio.Transport | None = None
+        self.tls: ssl.SSLObject | None = None
+        self.incoming = None if gen.context is None else ssl.MemoryBIO()
+        self.outgoing = None if gen.context is None else ssl.MemoryBIO()
+        self.handshaken = False
+        self.buffer = b""
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def hello(self) -> bytes:
+        return (
+            f'{{"installation_id":"{self.installation_id}","oauth_key":"{APP_ID}","v":"e1.0.0","last":null}}'
+            "\n{}\n"
+        ).encode()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport
+        if self.gen.context is None:
+            transport.write(self.hello())
+            return
+        assert self.incoming is not None and self.outgoing is not None
+        self.tls = self.gen.context.wrap_bio(self.incoming, self.outgoing, server_hostname="127.0.0.1")
+        self._tls_step()
+
+    def _flush(self) -> None:
+        assert self.outgoing is not None and self.transport is not None
+        pending = self.outgoing.read()
+        if pending:
+            self.transport.write(pending)
+
+    def _tls_step(self) -> None:
+        assert self.tls is not None and self.incoming is not None
+        if not self.handshaken:
+            try:
+                self.tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush()
+                return
+            self.handshaken = True
+            self.tls.write(self.hello())
+        chunks = []
+        while True:
+            try:
+                chunk = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        self._flush()
+        if chunks:
+            self._lines(b"".join(chunks))
+
+    def data_received(self, data: bytes) -> None:
+        if self.tls is None:
+            self._lines(data)
+            return
+        assert self.incoming is not None
+        self.incoming.write(data)
+        try:
+            self._tls_step()
+        except ssl.SSLError as error:
+            self.gen.errors[type(error).__name__] = self.gen.errors.get(type(error).__name__, 0) + 1
+            assert self.transport is not None
+            self.transport.abort()
+
+    def _lines(self, data: bytes) -> None:
+        now = time.time()
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            if line.startswith(b"{}"):
+                if not self.ready.done():
+                    self.ready.set_result(None)
+                continue
+            start = line.find(b'"push_id":"')
+            if start >= 0:
+                self.gen.received(line[start + 11 : start + 21].decode(), now)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gen.lost += 1
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"lost before pong: {exc!r}"))
+
+
+@dataclass
+class LoadGen:
+    port: int
+    context: ssl.SSLContext | None
+    prefix: str
+    pushes: dict[str, list[float]] = field(default_factory=dict)  # push_id → [count, first, last]
+    errors: dict[str, int] = field(default_factory=dict)
+    lost: int = 0
+    devices: list[Device] = field(default_factory=list)
+
+    def received(self, push_id: str, now: float) -> None:
+        entry = self.pushes.get(push_id)
+        if entry is None:
+            self.pushes[push_id] = [1, now, now]
+        else:
+            entry[0] += 1
+            entry[2] = now
+
+    async def connect_one(self, index: int, limit: asyncio.Semaphore) -> None:
+        loop = asyncio.get_running_loop()
+        async with limit:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((f"127.0.0.{2 + index // PER_SOURCE_ADDRESS}", 0))
+                sock.setblocking(False)
+                await loop.sock_connect(sock, ("127.0.0.1", self.port))
+            except OSError as error:
+                sock.close()
+                self.errors[f"connect:{error.strerror}"] = self.errors.get(f"connect:{error.strerror}", 0) + 1
+                return
+            device = Device(self, f"{self.prefix}{index:07d}")
+            await loop.create_connection(lambda: device, sock=sock)
+            self.devices.append(device)
+            try:
+                async with asyncio.timeout(30):
+                    await device.ready
+            except (TimeoutError, ConnectionError) as error:
+                self.errors[type(error).__name__] = self.errors.get(type(error).__name__, 0) + 1
+
+    async def report(self, push_ids: list[str], expect: int, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(self.pushes.get(p, [0])[0] >= expect for p in push_ids):
+                break
+            await asyncio.sleep(0.01)
+        return {p: self.pushes.get(p, [0, None, None]) for p in push_ids}
+
+
+async def loadgen_main(args: argparse.Namespace) -> None:
+    """Commands on stdin, one JSON object per line; answers on stdout, one JSON object per line."""
+    context = None
+    if args.ca_file:
+        context = ssl.create_default_context(cafile=args.ca_file)
+        context.set_alpn_protocols(["http/1.1"])
+    gen = LoadGen(args.port, context, args.prefix)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    limit = asyncio.Semaphore(args.concurrency)
+    started = time.monotonic()
+    await asyncio.gather(*(gen.connect_one(i, limit) for i in range(args.count)))
+    ready = sum(
+        1 for d in gen.devices if d.ready.done() and not d.ready.cancelled() and d.ready.exception() is None
+    )
+    answer(
+        {"event": "connected", "ready": ready, "seconds": time.monotonic() - started, "errors": gen.errors}
+    )
+    while line := await reader.readline():
+        command = json.loads(line)
+        if command["cmd"] == "report":
+            pushes = await gen.report(command["push_ids"], command["expect"], command["timeout_s"])
+            answer({"event": "report", "pushes": pushes, "lost": gen.lost, "errors": gen.errors})
+        elif command["cmd"] == "stats":
+            answer({"event": "stats", "rss_kib": rss_pss(os.getpid())[0], "lost": gen.lost})
+    for device in gen.devices:
+        if device.transport is not None:
+            device.transport.abort()
+
+
+def answer(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- orchestrator
+
+
+def rss_pss(pid: int) -> tuple[int, int]:
+    """RSS and PSS in KiB (smaps_rollup)."""
+    values = {}
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            parts = line.split()
+            if parts and parts[0] in ("Rss:", "Pss:"):
+                values[parts[0]] = int(parts[1])
+    return values.get("Rss:", 0), values.get("Pss:", 0)
+
+
+def process_tree(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def tree_memory(pid: int) -> dict[str, int]:
+    rss = pss = 0
+    pids = process_tree(pid)
+    for each in pids:
+        with contextlib.suppress(OSError):
+            r, p = rss_pss(each)
+            rss, pss = rss + r, pss + p
+    return {"rss_kib": rss, "pss_kib": pss, "processes": len(pids)}
+
+
+def sockstat_tcp_pages() -> int:
+    """Kernel TCP buffer memory (pages, both ends of loopback): not part of any RSS."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            parts = line.split()
+            return int(parts[parts.index("mem") + 1])
+    return 0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Stack:
+    tmp: Path
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    mongo_uri: str = ""
+    node_pid: int = 0
+
+    def spawn(self, args: list[str], log: Path, *, pipes: bool = False) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                args, stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipes else out, stderr=out if pipes else subprocess.STDOUT,
+                cwd=REPO, start_new_session=True,
+            )  # fmt: skip
+        self.children.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+    def stop_all(self) -> None:
+        for process in reversed(self.children):
+            self.stop(process)
+        self.children.clear()
+
+
+async def wait_until(check: Any, what: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(check):
+        if process.poll() is not None:
+            raise BenchError(f"{what}: process exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what}: not within {timeout_s:.0f} s")
+        await asyncio.sleep(0.2)
+
+
+def metric(port: int, name: str) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def start_secantus(stack: Stack) -> None:
+    from pymongo import MongoClient
+    from pymongo.errors import PyMongoError
+
+    port = free_port()
+    storage = stack.tmp / "mongo"
+    storage.mkdir()
+    process = stack.spawn(
+        [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port),
+         "--storage-path", str(storage), "--log-level", "WARNING"],
+        stack.tmp / "secantus.log",
+    )  # fmt: skip
+    stack.mongo_uri = f"mongodb://127.0.0.1:{port}/"
+    probe: MongoClient[dict[str, Any]] = MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=250)
+
+    def pings() -> bool:
+        try:
+            probe.admin.command("ping")
+        except PyMongoError:
+            return False
+        return True
+
+    try:
+        await wait_until(pings, "SecantusDB", process, START_TIMEOUT_S)
+    finally:
+        probe.close()
+
+
+def write_config(stack: Stack, mode: str, port: int, metrics_port: int, args: argparse.Namespace) -> Path:
+    path = stack.tmp / f"pushgw-{mode}.toml"
+    tls = ""
+    if mode == "tls":
+        tls = f'cert_file = "{stack.tmp / "tls" / "server.pem"}"\nkey_file = "{stack.tmp / "tls" / "server-key.pem"}"\n'
+    path.write_text(
+        f'[mongo]\nuri = "{stack.mongo_uri}"\ntimeout_ms = 30000\n\n'
+        f'[ppns]\nhost = "127.0.0.1"\nport = {port}\nmetrics_port = {metrics_port}\n'
+        f"plain_tcp = {'false' if mode == 'tls' else 'true'}\n{tls}"
+        f"poll_interval_s = {args.poll_interval_s}\nhandshake_timeout_s = 30\n\n"
+        '[log]\nlevel = "warning"\n\n'
+        f'[[apps]]\napp_id = "{APP_ID}"\nmaster_key = "master"\nmongo_database = "{DATABASE}"\n'
+    )
+    return path
+
+
+class LoadGenClient:
+    def __init__(self, stack: Stack, process: subprocess.Popen[bytes]) -> None:
+        self.stack, self.process = stack, process
+
+    async def read(self, timeout_s: float) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(self.process.stdout.readline), timeout_s)
+        if not line:
+            raise BenchError(f"load generator exited ({self.process.poll()})")
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    async def ask(self, command: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command).encode() + b"\n")
+        self.process.stdin.flush()
+        return await self.read(timeout_s)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def store_all(backlog: Any, ids: list[str], push_id: str, concurrency: int) -> float:
+    """Store one push per installation like PpnsProvider._store; seconds taken."""
+    limit = asyncio.Semaphore(concurrency)
+    started = time.monotonic()
+
+    async def one(installation_id: str) -> None:
+        async with limit:
+            await backlog.store(
+                installation_id, push_id, {"alert": "broadcast"}, None, int(time.time() * 1000)
+            )
+
+    await asyncio.gather(*(one(i) for i in ids))
+    return time.monotonic() - started
+
+
+async def store_bulk(backlog: Any, prefix: str, push_id: str) -> float:
+    """The same entry `Backlog.store` writes, in every installation document of the run at once (one
+    `update_many`): isolates the node's delivery from the provider's per-installation compare-and-set."""
+    from ppns.protocol import format_time
+
+    started, now_ms = time.monotonic(), int(time.time() * 1000)
+    entry = {"time": format_time(now_ms), "push_id": push_id, "data": {"alert": "broadcast"},
+             "stored_ms": now_ms, "expires_ms": None}  # fmt: skip
+    await backlog._collection.update_many(
+        {"_id": {"$regex": f"^{prefix}"}},
+        {"$push": {"pushes": entry}, "$set": {"last_time_ms": now_ms, "last_time": entry["time"]}},
+    )
+    return time.monotonic() - started
+
+
+async def measure_idle(node: subprocess.Popen[bytes], metrics_port: int, count: int) -> dict[str, Any]:
+    """Wait for `count` registered connections, let claims and first flushes settle, read memory."""
+    await wait_until(
+        lambda: (metric(metrics_port, "pushgw_ppns_connections") or 0) >= count,
+        "registered connections", node, max(60.0, count / 200),
+    )  # fmt: skip
+    await asyncio.sleep(5)  # every push loop did its first (empty) replay
+    memory = tree_memory(node.pid)
+    memory["connections"] = metric(metrics_port, "pushgw_ppns_connections")
+    return memory
+
+
+def cpu_s(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def run_mode(
+    stack: Stack, mode: str, count: int, args: argparse.Namespace, result: dict[str, Any]
+) -> None:
+    from ppns.backlog import open_backlogs
+    from pushgw.mongo import create_client
+    from pushgw.settings import load_settings
+
+    port, metrics_port = free_port(), free_port()
+    config = write_config(stack, mode, port, metrics_port, args)
+    log = stack.tmp / f"node-{mode}-{count}.log"
+    node = stack.spawn([sys.executable, "-m", "pushgw.cli", "ppns", "--config", str(config)], log)
+    await wait_until(
+        lambda: metric(metrics_port, "pushgw_ppns_connections") is not None,
+        "pushgw ppns",
+        node,
+        START_TIMEOUT_S,
+    )
+    await asyncio.sleep(1)
+    before = tree_memory(node.pid)
+    tcp_before = sockstat_tcp_pages()
+    prefix = f"{mode[0]}{count}-"
+    argv = [sys.executable, str(SCRIPT), "--loadgen", "--port", str(port),
+            "--count", str(count), "--prefix", prefix, "--concurrency", str(args.connect_concurrency)]  # fmt: skip
+    if mode == "tls":
+        argv += ["--ca-file", str(stack.tmp / "tls" / "ca.pem")]
+    process = stack.spawn(argv, stack.tmp / f"loadgen-{mode}-{count}.log", pipes=True)
+    gen = LoadGenClient(stack, process)
+    result["node_before"] = before
+    stack.node_pid = node.pid
+    try:
+        connected = await gen.read(timeout_s=max(120.0, count / 100))
+        result["connect"] = connected
+        say(
+            f"{mode} {count}: {connected['ready']} ready in {connected['seconds']:.1f} s {connected['errors']}"
+        )
+        idle = await measure_idle(node, metrics_port, connected["ready"])
+        result["node_idle"] = idle
+        result["kernel_tcp_kib"] = max(0, sockstat_tcp_pages() - tcp_before) * 4
+        ready = max(1, connected["ready"])
+        result["kib_per_connection_rss"] = (idle["rss_kib"] - before["rss_kib"]) / ready
+        result["kib_per_connection_pss"] = (idle["pss_kib"] - before["pss_kib"]) / ready
+        result["loadgen"] = await gen.ask({"cmd": "stats"}, 30)
+        client = create_client(stack.mongo_uri, 30_000)
+        try:
+            backlog = open_backlogs(client, load_settings(config))[APP_ID]
+            ids = [f"{prefix}{i:07d}" for i in range(count)]
+            # latency first: after a broadcast the node may still be working through it
+            await latency(gen, backlog, ids, result, args)
+            await broadcast(gen, backlog, ids, ready, result, args)
+        finally:
+            await client.close()
+    finally:
+        stack.stop(process)
+        stack.stop(node)
+        stack.children = [c for c in stack.children if c not in (process, node)]
+
+
+async def broadcast(
+    gen: LoadGenClient,
+    backlog: Any,
+    ids: list[str],
+    ready: int,
+    result: dict[str, Any],
+    args: argparse.Namespace,
+) -> None:
+    push_id = f"B{random.randrange(10**9):09d}"
+    stack = gen.stack
+    pids = [stack.children[0].pid, stack.node_pid]
+    cpu_before = [cpu_s([pid]) for pid in pids]
+    started = time.time()
+    if args.broadcast_store == "bulk":
+        store_s = await store_bulk(backlog, ids[0][: ids[0].index("-") + 1], push_id)
+    else:
+        store_s = await store_all(backlog, ids, push_id, args.store_concurrency)
+    report = await gen.ask(
+        {"cmd": "report", "push_ids": [push_id], "expect": ready, "timeout_s": args.broadcast_timeout_s},
+        args.broadcast_timeout_s + 60,
+    )
+    cpu = [cpu_s([pid]) - before for pid, before in zip(pids, cpu_before, strict=True)]
+    received, _first, last = report["pushes"][push_id]
+    result["broadcast"] = {
+        "store_s": store_s,
+        "received": received,
+        "total_s": (last - started) if last else None,
+        "after_stored_s": (last - started - store_s) if last else None,
+        "lost": report["lost"],
+        "cpu_s_secantus": cpu[0],
+        "cpu_s_node": cpu[1],
+        "wall_s": time.time() - started,
+    }
+    say(f"  broadcast: {received}/{ready} received, {result['broadcast']}")
+
+
+async def latency(
+    gen: LoadGenClient, backlog: Any, ids: list[str], result: dict[str, Any], args: argparse.Namespace
+) -> None:
+    stored: dict[str, float] = {}
+    for n in range(args.samples):
+        push_id = f"L{n:04d}{random.randrange(10**5):05d}"
+        installation_id = random.choice(ids)
+        await backlog.store(installation_id, push_id, {"alert": "one"}, None, int(time.time() * 1000))
+        stored[push_id] = time.time()
+        await asyncio.sleep(random.uniform(0.005, 0.03))
+    report = await gen.ask({"cmd": "report", "push_ids": list(stored), "expect": 1, "timeout_s": 20}, 60)
+    values = [(report["pushes"][p][1] - t) * 1000 for p, t in stored.items() if report["pushes"][p][1]]
+    result["latency_ms"] = {
+        "samples": len(values),
+        "missing": len(stored) - len(values),
+        "p50": percentile(values, 0.5) if values else None,
+        "p99": percentile(values, 0.99) if values else None,
+        "max": max(values) if values else None,
+        "mean": statistics.fmean(values) if values else None,
+    }
+    say(f"  latency: {result['latency_ms']}")
+
+
+def targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        label = f"{run['mode']} {run['connections']:,}"
+        ready = run.get("connect", {}).get("ready", 0)
+        rows.append({"name": f"{label}: connections ≥ {TARGETS['connections']:,}", "value": ready,
+                     "pass": ready >= TARGETS["connections"]})  # fmt: skip
+        if "kib_per_connection_rss" in run:
+            kib = run["kib_per_connection_rss"]
+            rows.append({"name": f"{label}: node RSS per idle connection ≤ 16 KiB", "value": f"{kib:.1f} KiB",
+                         "pass": kib <= TARGETS["kib_per_connection"]})  # fmt: skip
+        total = run.get("broadcast", {}).get("total_s")
+        if "broadcast" in run:
+            scaled = None if total is None else total * TARGETS["connections"] / max(1, ready)
+            ok = (
+                total is not None
+                and run["broadcast"]["received"] >= ready
+                and total <= TARGETS["broadcast_s"]
+            )
+            rows.append({"name": f"{label}: broadcast to all ≤ 5 s", "pass": ok,
+                         "value": f"{run['broadcast']['received']:,}/{ready:,} received, last after {total:.2f} s"
+                         + (f" (×{TARGETS['connections'] / max(1, ready):.0f} = {scaled:.1f} s at 50k)" if ok or
+                            run["broadcast"]["received"] >= ready else " (cut off)")
+                         if total else "none received"})  # fmt: skip
+        p99 = run.get("latency_ms", {}).get("p99")
+        if "latency_ms" in run:
+            rows.append({"name": f"{label}: single push p99 ≤ 50 ms", "value": f"{p99:.1f} ms" if p99 else "-",
+                         "pass": p99 is not None and p99 <= TARGETS["p99_ms"]})  # fmt: skip
+    return rows
+
+
+def print_report(runs: list[dict[str, Any]]) -> None:
+    print(
+        "mode   conns   ready  conn_s  RSS_KiB/c  PSS_KiB/c  node_RSS_MiB  kern_TCP_MiB  store_s  bcast_s  p50_ms  p99_ms"
+    )
+    for run in runs:
+        b, lat, idle = run.get("broadcast", {}), run.get("latency_ms", {}), run.get("node_idle", {})
+
+        def num(value: Any, fmt: str) -> str:
+            return "-" if value is None else format(value, fmt)
+
+        print(
+            f"{run['mode']:<6} {run['connections']:>6} {run.get('connect', {}).get('ready', 0):>6} "
+            f"{num(run.get('connect', {}).get('seconds'), '7.1f')} {num(run.get('kib_per_connection_rss'), '10.1f')} "
+            f"{num(run.get('kib_per_connection_pss'), '10.1f')} {num(idle.get('rss_kib', 0) / 1024, '13.0f')} "
+            f"{num(run.get('kernel_tcp_kib', 0) / 1024, '13.0f')} {num(b.get('store_s'), '8.2f')} "
+            f"{num(b.get('total_s'), '8.2f')} {num(lat.get('p50'), '7.1f')} {num(lat.get('p99'), '7.1f')}"
+        )
+    for row in targets(runs):
+        print(f"target  {'PASS' if row['pass'] else 'MISS'}  {row['name']}  ({row['value']})")
+
+
+async def run(stack: Stack, args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
+    from pushgw.emulators.tls import write_server_certificates
+
+    write_server_certificates(stack.tmp / "tls")
+    await start_secantus(stack)
+    for count in args.connections:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if count + 200 > limit:
+            say(
+                f"RLIMIT_NOFILE is {limit:,} (hard limit; raising it needs CAP_SYS_RESOURCE): the node and the"
+            )
+            say(f"load generator cannot each hold {count:,} sockets, expect EMFILE")
+        for mode in args.modes:
+            say(f"{mode}: {count:,} connections")
+            result: dict[str, Any] = {"mode": mode, "connections": count}
+            runs.append(result)
+            await run_mode(stack, mode, count, args, result)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--connections", default="1000,10000", type=lambda s: [int(x) for x in s.split(",")])
+    add("--modes", default="tls,plain", type=lambda s: s.split(","))
+    add("--samples", type=int, default=200)
+    add("--poll-interval-s", type=float, default=0.25)
+    add("--store-concurrency", type=int, default=200)
+    add("--broadcast-timeout-s", type=float, default=120.0)
+    add("--broadcast-store", choices=("bulk", "provider"), default="bulk")
+    add("--connect-concurrency", type=int, default=200)
+    add("--json", action="store_true")
+    add("--keep-logs", type=Path)
+    # load generator (child) options
+    add("--loadgen", action="store_true", help=argparse.SUPPRESS)
+    add("--port", type=int, help=argparse.SUPPRESS)
+    add("--count", type=int, help=argparse.SUPPRESS)
+    add("--prefix", help=argparse.SUPPRESS)
+    add("--concurrency", type=int, default=200, help=argparse.SUPPRESS)
+    add("--ca-file", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.loadgen:
+        signal.signal(signal.SIGTERM, _interrupt)
+        with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+            r.run(loadgen_main(args))
+        return 0
+    signal.signal(signal.SIGTERM, _interrupt)
+    raise_nofile()  # inherited by the node and the load generator
+    stack = Stack(Path(tempfile.mkdtemp(prefix="pushgw-ppns-")))
+    runs: list[dict[str, Any]] = []
+    code = 0
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run(stack, args, runs))
+    except KeyboardInterrupt:
+        say("interrupted: stopping everything this bench started")
+        code = 130
+    except (BenchError, OSError, TimeoutError) as error:
+        say(f"FAILED: {type(error).__name__}: {error}")
+        code = 2
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop_all()
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in [*stack.tmp.glob("*.log"), *stack.tmp.glob("*.toml")]:
+                shutil.copy2(log, args.keep_logs / log.name)
+        shutil.rmtree(stack.tmp, ignore_errors=True)
+    print_report(runs)
+    if args.json:
+        print(json.dumps({"runs": runs, "targets": targets(runs)}, separators=(",", ":"), default=str))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
