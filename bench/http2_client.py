@@ -109,7 +109,7 @@ async def run_case(port: int, cert: Path, connections: int, concurrency: int, du
     await asyncio.sleep(1.0)  # warm-up: connections open, tables fill
     state["measuring"] = True
     cpu_before, server_before, started = time.process_time(), cpu_s(server_pid), time.perf_counter()
-    await asyncio.sleep(duration_s)
+    await asyncio.sleep(duration_s)  # the measuring window itself
     elapsed_s = time.perf_counter() - started
     cpu_used, server_used = time.process_time() - cpu_before, cpu_s(server_pid) - server_before
     state["measuring"] = False

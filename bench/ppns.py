@@ -357,6 +357,21 @@ async def wait_until(check: Any, what: str, process: subprocess.Popen[bytes], ti
         await asyncio.sleep(0.2)
 
 
+async def wait_quiet(node: subprocess.Popen[bytes], what: str, timeout_s: float = 120.0) -> None:
+    """Poll until the node used under 5 % of a core over a 0.5 s window (its connections are settled):
+    memory is read from an idle node, never after a guessed pause."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        before, started = cpu_s([node.pid]), time.monotonic()
+        await asyncio.sleep(0.5)  # the sampling window of the CPU measurement, not a synchronisation guess
+        if (cpu_s([node.pid]) - before) / (time.monotonic() - started) < 0.05:
+            return
+        if node.poll() is not None:
+            raise BenchError(f"{what}: process exited with {node.returncode}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what}: still busy after {timeout_s:.0f} s")
+
+
 def metric(port: int, name: str) -> float | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
@@ -473,7 +488,7 @@ async def measure_idle(node: subprocess.Popen[bytes], metrics_port: int, count: 
         lambda: (metric(metrics_port, "pushgw_ppns_connections") or 0) >= count,
         "registered connections", node, max(60.0, count / 200),
     )  # fmt: skip
-    await asyncio.sleep(5)  # every push loop did its first (empty) replay
+    await wait_quiet(node, "the node settling (claims and first replays)")
     memory = tree_memory(node.pid)
     memory["connections"] = metric(metrics_port, "pushgw_ppns_connections")
     return memory
@@ -505,7 +520,7 @@ async def run_mode(
         node,
         START_TIMEOUT_S,
     )
-    await asyncio.sleep(1)
+    await wait_quiet(node, "the node idling after start")
     before = tree_memory(node.pid)
     tcp_before = sockstat_tcp_pages()
     prefix = f"{mode[0]}{count}-"
@@ -590,7 +605,7 @@ async def latency(
         installation_id = random.choice(ids)
         await backlog.store(installation_id, push_id, {"alert": "one"}, None, int(time.time() * 1000))
         stored[push_id] = time.time()
-        await asyncio.sleep(random.uniform(0.005, 0.03))
+        await asyncio.sleep(random.uniform(0.005, 0.03))  # paces the samples: a trickle, not a burst
     report = await gen.ask({"cmd": "report", "push_ids": list(stored), "expect": 1, "timeout_s": 20}, 60)
     values = [(report["pushes"][p][1] - t) * 1000 for p, t in stored.items() if report["pushes"][p][1]]
     result["latency_ms"] = {
