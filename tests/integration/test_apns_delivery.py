@@ -11,43 +11,27 @@ import pytest
 
 from pushgw.emulators.apns import ApnsEmulator
 from pushgw.settings import Settings
-from tests.fixtures.emulators import apns_credential
+from tests.fixtures.emulators import ProviderFleet, apns_credential, seed_installations
 from tests.fixtures.fleet import RunningWorker
-from tests.fixtures.gateway import RunningGateway, SettingsFactory, app_config
-from tests.fixtures.parse_data import installation, seed_schema
+from tests.fixtures.gateway import RunningGateway
+from tests.fixtures.parse_data import installation
 from tests.integration.test_fleet import final_status, send
 from workers.providers.apns_payload import apns_id
 
-# One retry tier of 1 s and two attempts: a transient answer ends `retries-exhausted` within seconds.
-WORKER = {"batch_size": 50, "delay_tiers_s": [1], "max_attempts": 2, "requeue_delay_s": 0.1}
-NO_RECORDING = {"transports": ["ppns"]}
-Fleet = Callable[..., tuple[RunningGateway, RunningWorker, Settings]]
-
 
 @pytest.fixture
-def fleet(
-    make_settings: SettingsFactory,
-    gateway_factory: Callable[[Settings], RunningGateway],
-    worker_factory: Callable[..., RunningWorker],
-) -> Fleet:
+def fleet(provider_fleet: ProviderFleet) -> ProviderFleet:
     def start(apns: list[dict[str, Any]], **app: Any) -> tuple[RunningGateway, RunningWorker, Settings]:
-        settings = make_settings([app_config(apns=apns, **app)], worker=WORKER, recording=NO_RECORDING)
-        return gateway_factory(settings), worker_factory(settings), settings
+        return provider_fleet(apns=apns, **app)
 
     return start
 
 
-def seed(mongo: Any, db_name: str, *devices: dict[str, Any]) -> list[dict[str, Any]]:
-    seed_schema(mongo[db_name])
-    mongo[db_name]["_Installation"].insert_many(list(devices))
-    return list(devices)
-
-
 def test_every_apple_type_gets_the_adapters_payload_and_headers(
-    fleet: Fleet, apns_factory: Callable[..., ApnsEmulator], mongo: Any, db_name: str
+    fleet: ProviderFleet, apns_factory: Callable[..., ApnsEmulator], mongo: Any, db_name: str
 ) -> None:
     emulator = apns_factory(topics=["com.example.app", "com.example.other"])
-    devices = seed(
+    devices = seed_installations(
         mongo, db_name, installation("ios", badge=4), installation("osx"), installation("tvos"),
         installation("ios", appIdentifier="com.example.other"),
     )  # fmt: skip
@@ -79,10 +63,10 @@ def test_every_apple_type_gets_the_adapters_payload_and_headers(
 
 
 def test_silent_push_is_background_priority_5(
-    fleet: Fleet, apns_factory: Callable[..., ApnsEmulator], mongo: Any, db_name: str
+    fleet: ProviderFleet, apns_factory: Callable[..., ApnsEmulator], mongo: Any, db_name: str
 ) -> None:
     emulator = apns_factory()
-    seed(mongo, db_name, installation("ios"))
+    seed_installations(mongo, db_name, installation("ios"))
     gateway, _, _ = fleet([apns_credential(emulator)])
     push_id = send(gateway, {"where": {}, "data": {"content-available": 1, "k": "v"}})
     assert final_status(mongo, db_name, push_id)["numSent"] == 1
@@ -94,10 +78,10 @@ def test_silent_push_is_background_priority_5(
 
 
 def test_certificate_auth(
-    fleet: Fleet, apns_factory: Callable[..., ApnsEmulator], mongo: Any, db_name: str
+    fleet: ProviderFleet, apns_factory: Callable[..., ApnsEmulator], mongo: Any, db_name: str
 ) -> None:
     emulator = apns_factory(auth="certificate")
-    seed(mongo, db_name, installation("ios"), installation("ios"))
+    seed_installations(mongo, db_name, installation("ios"), installation("ios"))
     gateway, _, _ = fleet([apns_credential(emulator)])
     push_id = send(gateway, {"where": {}, "data": {"alert": "cert"}})
     assert final_status(mongo, db_name, push_id)["numSent"] == 2
@@ -105,12 +89,12 @@ def test_certificate_auth(
 
 
 def test_rejections_are_counted_by_reason_and_dead_tokens_kept_without_cleanup(
-    fleet: Fleet, apns_factory: Callable[..., ApnsEmulator], mongo: Any, db_name: str
+    fleet: ProviderFleet, apns_factory: Callable[..., ApnsEmulator], mongo: Any, db_name: str
 ) -> None:
     emulator = apns_factory(
         token_rules={"dead": "Unregistered", "bad0": "BadDeviceToken", "e500": "InternalServerError"}
     )
-    devices = seed(
+    devices = seed_installations(
         mongo, db_name, installation("ios"), installation("ios", deviceToken="dead" + "0" * 60),
         installation("ios", deviceToken="bad0" + "1" * 60), installation("ios", deviceToken="e500" + "2" * 60),
         installation("ios", deviceToken="not-hex"), installation("ios", deviceToken="ab" * 40),
@@ -140,13 +124,13 @@ def test_rejections_are_counted_by_reason_and_dead_tokens_kept_without_cleanup(
 
 
 def test_cleanup_unsets_only_authoritative_dead_tokens(
-    fleet: Fleet, apns_factory: Callable[..., ApnsEmulator], mongo: Any, db_name: str
+    fleet: ProviderFleet, apns_factory: Callable[..., ApnsEmulator], mongo: Any, db_name: str
 ) -> None:
     emulator = apns_factory(
         token_rules={"dead": "Unregistered", "bad0": "BadDeviceToken"},
         unregistered_timestamp_ms=4_102_444_800_000,
     )
-    devices = seed(
+    devices = seed_installations(
         mongo, db_name, *[installation("ios") for _ in range(4)],
         installation("ios", deviceToken="dead" + "0" * 60),
         installation("ios", deviceToken="dead" + "1" * 60, _updated_at=datetime(2100, 6, 1, tzinfo=UTC)),
@@ -166,10 +150,12 @@ def test_cleanup_unsets_only_authoritative_dead_tokens(
 
 
 def test_a_burst_of_dead_tokens_trips_the_breaker_instead_of_wiping_tokens(
-    fleet: Fleet, apns_factory: Callable[..., ApnsEmulator], mongo: Any, db_name: str
+    fleet: ProviderFleet, apns_factory: Callable[..., ApnsEmulator], mongo: Any, db_name: str
 ) -> None:
     emulator = apns_factory(token_rules={"dead": "Unregistered"})
-    devices = seed(mongo, db_name, *[installation("ios", deviceToken=f"dead{n:060x}") for n in range(30)])
+    devices = seed_installations(
+        mongo, db_name, *[installation("ios", deviceToken=f"dead{n:060x}") for n in range(30)]
+    )
     gateway, _, _ = fleet([apns_credential(emulator)], cleanup_invalid_tokens=True)
     push_id = send(gateway, {"where": {}, "data": {"alert": "hi"}})
     row = final_status(mongo, db_name, push_id)
@@ -178,10 +164,10 @@ def test_a_burst_of_dead_tokens_trips_the_breaker_instead_of_wiping_tokens(
 
 
 def test_a_broken_credential_pauses_instead_of_failing_every_device_at_full_speed(
-    fleet: Fleet, apns_factory: Callable[..., ApnsEmulator], mongo: Any, db_name: str
+    fleet: ProviderFleet, apns_factory: Callable[..., ApnsEmulator], mongo: Any, db_name: str
 ) -> None:
     emulator, impostor = apns_factory(), apns_factory()
-    seed(mongo, db_name, *[installation("ios") for _ in range(120)])
+    seed_installations(mongo, db_name, *[installation("ios") for _ in range(120)])
     wrong_key = apns_credential(emulator, key_file=str(impostor.token_key_file), pause_s=1)
     gateway, _, _ = fleet([wrong_key])
     push_id = send(gateway, {"where": {}, "data": {"alert": "hi"}})

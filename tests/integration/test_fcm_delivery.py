@@ -13,40 +13,26 @@ import pytest
 from pushgw.emulators.fcm import FcmEmulator
 from pushgw.emulators.tls import write_service_account
 from pushgw.settings import Settings
-from tests.fixtures.emulators import fcm_settings
+from tests.fixtures.emulators import ProviderFleet, fcm_settings, seed_installations
 from tests.fixtures.fleet import RunningWorker
-from tests.fixtures.gateway import RunningGateway, SettingsFactory, app_config
-from tests.fixtures.parse_data import installation, seed_schema
-from tests.integration.test_apns_delivery import NO_RECORDING, WORKER
+from tests.fixtures.gateway import RunningGateway
+from tests.fixtures.parse_data import installation
 from tests.integration.test_fleet import final_status, send
-
-Fleet = Callable[..., tuple[RunningGateway, RunningWorker, Settings]]
 
 
 @pytest.fixture
-def fleet(
-    make_settings: SettingsFactory,
-    gateway_factory: Callable[[Settings], RunningGateway],
-    worker_factory: Callable[..., RunningWorker],
-) -> Fleet:
+def fleet(provider_fleet: ProviderFleet) -> ProviderFleet:
     def start(fcm: dict[str, Any], **app: Any) -> tuple[RunningGateway, RunningWorker, Settings]:
-        settings = make_settings([app_config(fcm=fcm, **app)], worker=WORKER, recording=NO_RECORDING)
-        return gateway_factory(settings), worker_factory(settings), settings
+        return provider_fleet(fcm=fcm, **app)
 
     return start
 
 
-def seed(mongo: Any, db_name: str, *devices: dict[str, Any]) -> list[dict[str, Any]]:
-    seed_schema(mongo[db_name])
-    mongo[db_name]["_Installation"].insert_many(list(devices))
-    return list(devices)
-
-
 def test_android_and_fcm_installations_get_the_parse_sdk_message(
-    fleet: Fleet, fcm_factory: Callable[..., FcmEmulator], mongo: Any, db_name: str
+    fleet: ProviderFleet, fcm_factory: Callable[..., FcmEmulator], mongo: Any, db_name: str
 ) -> None:
     emulator = fcm_factory()
-    devices = seed(
+    devices = seed_installations(
         mongo, db_name, installation("android"), installation("android", pushType=None),
         installation("android", pushType="fcm"), installation("fcm", localeIdentifier="fr-FR"),
     )  # fmt: skip
@@ -72,13 +58,13 @@ def test_android_and_fcm_installations_get_the_parse_sdk_message(
 
 
 def test_fcm_errors_and_cleanup(
-    fleet: Fleet, fcm_factory: Callable[..., FcmEmulator], mongo: Any, db_name: str
+    fleet: ProviderFleet, fcm_factory: Callable[..., FcmEmulator], mongo: Any, db_name: str
 ) -> None:
     emulator = fcm_factory(
         token_rules={"gone": "UNREGISTERED", "junk": "INVALID_ARGUMENT", "busy": "QUOTA_EXCEEDED"},
         retry_after_s=1,
     )
-    devices = seed(
+    devices = seed_installations(
         mongo, db_name, installation("android"), installation("android", deviceToken="gone-1"),
         installation("fcm", deviceToken="junk-1"), installation("android", deviceToken="busy-1"),
     )  # fmt: skip
@@ -97,7 +83,7 @@ def test_fcm_errors_and_cleanup(
 
 
 def test_a_service_account_the_token_endpoint_refuses_pauses_the_project(
-    fleet: Fleet, fcm_factory: Callable[..., FcmEmulator], mongo: Any, db_name: str, tmp_path: Path
+    fleet: ProviderFleet, fcm_factory: Callable[..., FcmEmulator], mongo: Any, db_name: str, tmp_path: Path
 ) -> None:
     emulator = fcm_factory()
     stranger = write_service_account(
@@ -106,7 +92,7 @@ def test_a_service_account_the_token_endpoint_refuses_pauses_the_project(
         project_id=emulator.project_id,
         client_email="stranger@elsewhere.iam.gserviceaccount.com",
     )
-    seed(mongo, db_name, *[installation("android") for _ in range(60)])
+    seed_installations(mongo, db_name, *[installation("android") for _ in range(60)])
     gateway, _, _ = fleet(fcm_settings(emulator, service_account_file=str(stranger.path), pause_s=1))
     push_id = send(gateway, {"where": {}, "data": {"alert": "hi"}})
     row = final_status(mongo, db_name, push_id)
