@@ -12,12 +12,12 @@ from collections import Counter, deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pushgw.emulators import tls
 from pushgw.emulators.http2_server import Connection, Http2Server, Request, Response, TokenRule
+from pushgw.emulators.served import ServedEmulator
 from pushgw.emulators.tls import TokenKey
 
 _REASONS_BY_STATUS = (
@@ -103,7 +103,7 @@ class _ConnectionState:
     throttled: bool = False
 
 
-class ApnsEmulator:
+class ApnsEmulator(ServedEmulator):
     """`POST /3/device/<token>` as APNs answers it, plus `GET /emulator/stats` and `/emulator/notifications`.
 
     Options: `directory` for certificates and keys (a temp dir when None); `host`; `port` (0 = a free one);
@@ -162,29 +162,6 @@ class ApnsEmulator:
             self.token_key_file = tls.write_apns_key(self.directory / f"AuthKey_{self.key_id}.p8")
             keys.append(TokenKey.from_file(self.token_key_file, self.key_id, self.team_id))
         return tls.ProviderTokenVerifier(keys)
-
-    @property
-    def port(self) -> int:
-        return self._server.port
-
-    @property
-    def url(self) -> str:
-        return self._server.url
-
-    async def start(self) -> None:
-        await self._server.start()
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     def stats(self) -> ApnsStats:
         """A snapshot of the counters (safe to call from another thread)."""

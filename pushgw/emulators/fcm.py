@@ -12,12 +12,12 @@ from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from pushgw.emulators import tls
 from pushgw.emulators.http2_server import Connection, Http2Server, Request, Response, TokenRule
+from pushgw.emulators.served import ServedEmulator
 from pushgw.emulators.tls import ServiceAccount, write_service_account
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -95,7 +95,7 @@ class _Violation:
     description: str
 
 
-class FcmEmulator:
+class FcmEmulator(ServedEmulator):
     """`POST /token` (OAuth JWT-bearer grant) and `POST /v1/projects/<id>/messages:send`, as Google answers.
 
     One TLS port speaks HTTP/2 and, for OAuth clients such as google-auth's `requests` transport, HTTP/1.1.
@@ -147,14 +147,6 @@ class FcmEmulator:
         )
 
     @property
-    def port(self) -> int:
-        return self._server.port
-
-    @property
-    def url(self) -> str:
-        return self._server.url
-
-    @property
     def token_url(self) -> str:
         return f"{self.url}/token"
 
@@ -163,23 +155,11 @@ class FcmEmulator:
         self.accounts[account.client_email] = account
 
     async def start(self) -> None:
-        await self._server.start()
+        await super().start()
         own = write_service_account(
             self.service_account_file, token_uri=self.token_url, project_id=self.project_id
         )
         self.trust_service_account(own)
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     def stats(self) -> FcmStats:
         """A snapshot of the counters (safe to call from another thread)."""
