@@ -155,7 +155,7 @@ async def _serve_dev(settings: Settings) -> int:
     await sandbox.start()
     settings = sandbox.settings
     clock = SystemClock()
-    providers = build_providers(settings, _recorder(settings, connections, clock))
+    providers = build_providers(settings, connections.mongo, _recorder(settings, connections, clock))
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker_until(settings, connections, providers, clock, stop))
     try:
@@ -185,7 +185,7 @@ async def _run_worker(settings: Settings) -> int:
     connections = await Connections.open(settings)
     try:
         clock = SystemClock()
-        providers = build_providers(settings, _recorder(settings, connections, clock))
+        providers = build_providers(settings, connections.mongo, _recorder(settings, connections, clock))
         await run_worker_until(settings, connections, providers, clock, stop)
     finally:
         await connections.close()

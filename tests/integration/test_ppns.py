@@ -15,7 +15,9 @@ from prometheus_client import REGISTRY
 
 from pushgw.emulators.tls import ServerCertificates, write_server_certificates
 from pushgw.messages import Device
+from pushgw.mongo import create_client
 from pushgw.settings import Settings
+from tests.fixtures.emulators import PROVIDER_WORKER
 from tests.fixtures.fleet import RunningWorker
 from tests.fixtures.gateway import RunningGateway, SettingsFactory
 from tests.fixtures.parse_data import installation, seed_schema
@@ -30,7 +32,6 @@ from tests.fixtures.ppns_devices import (
     wait_for,
 )
 from tests.fixtures.waiting import until
-from tests.integration.test_apns_delivery import WORKER
 from tests.integration.test_fleet import final_status, send
 from workers.outcomes import Failed, Outcome, Reason, Sent
 from workers.providers.ppns import PpnsProvider
@@ -59,7 +60,8 @@ def store(
     """Each `data` as its own push, through the fleet's provider (one batch per push)."""
 
     async def run() -> list[Outcome]:
-        provider = PpnsProvider(settings)
+        mongo = create_client(settings.mongo.uri or "", settings.mongo.timeout_ms)
+        provider = PpnsProvider(settings, mongo)
         outcomes: list[Outcome] = []
         try:
             for data in datas:
@@ -72,6 +74,7 @@ def store(
                 outcomes += await provider.send(push, [Notification(device, data)])
         finally:
             await provider.close()
+            await mongo.close()
         return outcomes
 
     return asyncio.run(run())
@@ -311,7 +314,7 @@ def test_intake_to_worker_to_node_to_device(
     db_name: str,
 ) -> None:
     settings = ppns_settings(
-        make_settings, ppns_certificates, {"worker": WORKER, "recording": {"transports": []}}
+        make_settings, ppns_certificates, {"worker": PROVIDER_WORKER, "recording": {"transports": []}}
     )
     node = ppns_node_factory(settings)
     linux, android = node.device(LINUX), node.device(GO)

@@ -7,12 +7,13 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from ppns.backlog import Backlog, BacklogContentionError, open_backlogs
 from ppns.protocol import ppns_push_id, push_line_bytes
 from pushgw import metrics
-from pushgw.mongo import EmbeddedMongo, create_client
+from pushgw.mongo import Document
 from pushgw.settings import PpnsSettings, Settings
 from workers.outcomes import Deferred, Failed, Outcome, Reason, Sent
 from workers.providers.provider import PPNS, Notification, PushContext
@@ -24,10 +25,8 @@ BACKLOG_UNAVAILABLE = "backlog-unavailable"
 class PpnsProvider:
     transport = PPNS
 
-    def __init__(self, settings: Settings) -> None:
-        uri = settings.mongo.uri or EmbeddedMongo(settings.mongo).uri
-        self._client = create_client(uri, settings.mongo.timeout_ms)
-        self._backlogs = open_backlogs(self._client, settings)
+    def __init__(self, settings: Settings, mongo: AsyncMongoClient[Document]) -> None:
+        self._backlogs = open_backlogs(mongo, settings)  # the worker's client: it owns and closes it
         self._settings = settings.ppns or PpnsSettings()
 
     async def send(self, push: PushContext, notifications: Sequence[Notification]) -> list[Outcome]:
@@ -59,4 +58,4 @@ class PpnsProvider:
         return Sent(device)
 
     async def close(self) -> None:
-        await self._client.close()
+        return None
