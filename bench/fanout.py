@@ -32,7 +32,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,18 @@ from typing import Any
 import aio_pika
 import uvloop
 from aio_pika.abc import AbstractRobustConnection
+from harness import (
+    BenchError,
+    busy_percent,
+    cpu_seconds,
+    free_port,
+    json_safe,
+    latency_text,
+    machine_busy_seconds,
+    rabbitmq_pid,
+    raise_interrupt,
+    tail,
+)
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
@@ -82,15 +93,10 @@ TARGET_TX_RATE, TARGET_TX_P99_MS = 500.0, 150.0
 PROFILE_RATE_HZ = 100
 FOREIGN_CPU_WARNING = 20.0  # % of one core used by processes this bench did not start
 QUIET_BUSY_PERCENT = 15.0  # % of one core: "idle machine" for --wait-quiet
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 DEVICE_TYPES = ("ios", "android")
 TIME_ZONES = ("Europe/Berlin", "America/New_York", "Asia/Tokyo", "UTC", "America/Los_Angeles")
 LOCALES = ("en-US", "de-DE", "ja-JP", "fr-FR", "pt-BR")
 Answer = tuple[int, dict[bytes, bytes], bytes]
-
-
-class BenchError(Exception):
-    """The bench could not run (a child did not start or died, a phase missed its deadline, …)."""
 
 
 def say(text: str) -> None:
@@ -149,13 +155,6 @@ class Stack:
             raise BenchError("; ".join(gone))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     """A child in its own session: Ctrl-C reaches only the bench, which then stops children in order."""
     with log.open("ab") as out:
@@ -163,10 +162,6 @@ def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
             args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
             start_new_session=True,
         )  # fmt: skip
-
-
-def tail(log: Path, lines: int = 20) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 async def wait_until(
@@ -525,28 +520,6 @@ class CpuMeter:
         used["machine"] = machine_busy_seconds() - self._machine
         used["foreign"] = max(0.0, used["machine"] - sum(used[name] for name in self._pids))
         return {name: round(100 * seconds / wall, 1) for name, seconds in used.items()}
-
-
-def rabbitmq_pid() -> int | None:
-    """The local RabbitMQ node (beam.smp), read from /proc, or None."""
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "beam.smp":
-                return int(entry.name)
-    return None
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime, stime
-
-
-def machine_busy_seconds() -> float:
-    values = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(values) - values[3] - values[4]) / TICKS_PER_S  # all but idle and iowait
 
 
 def ranks_ms(latencies_s: list[float]) -> dict[str, float]:
@@ -1076,10 +1049,6 @@ def log_text(log: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def latency_text(latency: dict[str, float]) -> str:
-    return "  ".join(f"{name} {value:.1f}" for name, value in latency.items()) + " ms"
-
-
 def print_fanout(run: dict[str, Any]) -> None:
     before, after = run["ceiling_before"], run["ceiling_after"]
     print(
@@ -1194,16 +1163,6 @@ def summary(results: dict[str, Any]) -> str:
     return f"{passed}/{len(rows)} targets met; " + "; ".join(parts)
 
 
-def json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    return value if isinstance(value, str | int | float | bool | None) else str(value)
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -1313,13 +1272,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def busy_percent(window_s: float = 1.0) -> float:
-    """Machine CPU use over a short measuring window, in % of one core."""
-    before = machine_busy_seconds()
-    time.sleep(window_s)  # the measuring window itself
-    return round(100 * (machine_busy_seconds() - before) / window_s, 1)
-
-
 def wait_for_quiet(max_wait_s: float) -> float:
     """Before anything starts: poll (up to `max_wait_s`) until other processes leave the machine quiet."""
     deadline = time.monotonic() + max_wait_s
@@ -1330,10 +1282,6 @@ def wait_for_quiet(max_wait_s: float) -> float:
     if busy > QUIET_BUSY_PERCENT:
         say(f"!!! machine {busy:.0f} % of a core busy before start: other processes will disturb this run")
     return busy
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def keep_logs(tmp: Path, directory: Path | None) -> None:
@@ -1371,7 +1319,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     args.busy_before_start = wait_for_quiet(args.wait_quiet)
     stack = Stack(
         Path(tempfile.mkdtemp(prefix="pushgw-fanout-")), mongo_timeout_ms=args.mongo_timeout_ms or None

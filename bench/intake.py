@@ -37,6 +37,17 @@ from typing import Any
 import aio_pika
 import uvloop
 from aio_pika.abc import AbstractChannel, AbstractExchange
+from harness import (
+    BenchError,
+    busy_percent,
+    cpu_seconds,
+    free_port,
+    latency_text,
+    machine_busy_seconds,
+    rabbitmq_pid,
+    raise_interrupt,
+    tail,
+)
 from pamqp.commands import Basic
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import PyMongoError
@@ -61,12 +72,7 @@ PROFILE_RATE_HZ = 100
 QUIET_BUSY_PERCENT = 15.0  # % of one core
 FOREIGN_CPU_WARNING = 20.0  # % of one core used by processes this bench did not start
 START_TIMEOUT_S, STOP_TIMEOUT_S, VERIFY_TIMEOUT_S = 30.0, 30.0, 15.0
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 Operation = Callable[[], Awaitable[object]]
-
-
-class BenchError(Exception):
-    """The bench could not run (a child did not start, a ceiling write was refused, …)."""
 
 
 # ---------------------------------------------------------------- processes
@@ -87,15 +93,6 @@ class Stack:
     @property
     def mongo_uri(self) -> str:
         return f"mongodb://127.0.0.1:{self.mongo_port}/?directConnection=true"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -119,10 +116,6 @@ def wait_until(ready: Callable[[], bool], what: str, process: subprocess.Popen[b
         if time.monotonic() > deadline:
             raise BenchError(f"{what} not ready within {START_TIMEOUT_S:.0f} s:\n{tail(log)}")
         time.sleep(0.05)  # poll interval while a child starts
-
-
-def tail(log: Path, lines: int = 20) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def start_secantus(stack: Stack) -> None:
@@ -292,25 +285,6 @@ class CpuMeter:
         used["machine"] = machine_busy_seconds() - self._machine
         used["foreign"] = max(0.0, used["machine"] - sum(used[name] for name in self._pids))
         return {name: round(100 * seconds / wall, 1) for name, seconds in used.items()}
-
-
-def rabbitmq_pid() -> int | None:
-    """The local RabbitMQ node (beam.smp), read from /proc, or None."""
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "beam.smp":
-                return int(entry.name)
-    return None
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime, stime
-
-
-def machine_busy_seconds() -> float:
-    values = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(values) - values[3] - values[4]) / TICKS_PER_S  # all but idle and iowait
 
 
 # ---------------------------------------------------------------- the HTTP load generator
@@ -674,10 +648,6 @@ def assemble(
     }
 
 
-def latency_text(latency: dict[str, float]) -> str:
-    return "  ".join(f"{name} {value:.1f}" for name, value in latency.items()) + " ms"
-
-
 def cpu_text(cpu: dict[str, float]) -> str:
     parts = "  ".join(f"{name} {value:.0f}" for name, value in cpu.items() if name != "machine")
     text = f"          cpu, % of one core: {parts}  (machine {cpu['machine']:.0f} of {100 * (os.cpu_count() or 1)})"
@@ -757,13 +727,6 @@ def say(text: str) -> None:
     print(f"[bench] {text}", file=sys.stderr, flush=True)
 
 
-def busy_percent(window_s: float = 1.0) -> float:
-    """Machine CPU use over a short measuring window, in % of one core."""
-    before = machine_busy_seconds()
-    time.sleep(window_s)  # the measuring window itself
-    return round(100 * (machine_busy_seconds() - before) / window_s, 1)
-
-
 def wait_for_quiet(max_wait_s: float) -> float:
     """Before anything starts: poll (up to `max_wait_s`) until other processes leave the machine quiet."""
     deadline = time.monotonic() + max_wait_s
@@ -813,13 +776,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     with tempfile.TemporaryDirectory(prefix="pushgw-bench-") as tmp:
         stack = Stack(Path(tmp), processes=args.processes)
         try:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from harness import BenchError, free_port, raise_interrupt
 
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parent.parent
@@ -60,10 +61,6 @@ STOP_TIMEOUT_S = 15.0
 NOFILE = 400_000
 TARGETS = {"connections": 50_000, "kib_per_connection": 16.0, "broadcast_s": 5.0, "p99_ms": 50.0}
 IP_BIND_ADDRESS_NO_PORT = 24
-
-
-class BenchError(Exception):
-    """The bench could not run (a child did not start or died, a phase missed its deadline, …)."""
 
 
 def say(text: str) -> None:
@@ -302,13 +299,6 @@ def sockstat_tcp_pages() -> int:
             parts = line.split()
             return int(parts[parts.index("mem") + 1])
     return 0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -715,18 +705,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.loadgen:
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGTERM, raise_interrupt)
         with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
             r.run(loadgen_main(args))
         return 0
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     raise_nofile()  # inherited by the node and the load generator
     stack = Stack(Path(tempfile.mkdtemp(prefix="pushgw-ppns-")))
     runs: list[dict[str, Any]] = []

@@ -48,7 +48,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import math
 import os
 import random
 import re
@@ -70,6 +69,17 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness import (
+    BenchError,
+    busy_percent,
+    cpu_seconds,
+    free_port,
+    json_safe,
+    machine_busy_seconds,
+    raise_interrupt,
+    tail,
+)
+
 from pushgw.messages import Device
 from pushgw.settings import AppSettings
 from workers.outcomes import Deferred, Failed, Outcome, Sent
@@ -89,13 +99,8 @@ PASS_GRACE_S = 30.0  # after --max-seconds, in-flight units get this long before
 FOREIGN_CPU_WARNING = 20.0
 QUIET_BUSY_PERCENT = 15.0
 START_TIMEOUT_S, STOP_TIMEOUT_S = 60.0, 15.0
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 SINK_STREAMS = 1000  # nghttpd's SETTINGS_MAX_CONCURRENT_STREAMS (APNs announces 500-1500)
 H2LOAD_CLIENTS, H2LOAD_STREAMS = 4, 100  # like the provider: 4 main connections, ≤ 400 requests in flight
-
-
-class BenchError(Exception):
-    """The bench could not run (a child did not start, died, or missed its deadline)."""
 
 
 def say(text: str) -> None:
@@ -138,19 +143,6 @@ def apns_body() -> bytes:
 
 
 # ---------------------------------------------------------------- CPU
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
-
-
-def machine_busy_seconds() -> float:
-    values = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(values) - values[3] - values[4]) / TICKS_PER_S
 
 
 class CpuMeter:
@@ -529,10 +521,6 @@ class Stack:
             self.stop(child)
 
 
-def tail(log: Path, lines: int = 15) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
-
-
 def wait_for_file(path: Path, child: subprocess.Popen[bytes], log: Path, timeout_s: float, what: str) -> Any:
     deadline = time.monotonic() + timeout_s
     while not path.exists():
@@ -716,15 +704,6 @@ def h2load(
     return {"rate": float(rate.group(1)), "requests": args.h2load_requests, "status_2xx": int(codes.group(1)),
             "status_other": sum(int(codes.group(n)) for n in (2, 3, 4)), "cpu": cpu,
             "shape": f"{H2LOAD_CLIENTS} connections × {H2LOAD_STREAMS} streams, 1 thread"}  # fmt: skip
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def wait_listening(port: int, child: subprocess.Popen[bytes], log: Path) -> None:
@@ -1016,16 +995,6 @@ def summary(results: dict[str, Any]) -> str:
     return f"{sum(row['pass'] for row in rows)}/{len(rows)} targets met"
 
 
-def json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    return value if isinstance(value, str | int | float | bool | None) else str(value)
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -1092,12 +1061,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def busy_percent(window_s: float = 1.0) -> float:
-    before = machine_busy_seconds()
-    time.sleep(window_s)  # the measuring window itself
-    return round(100 * (machine_busy_seconds() - before) / window_s, 1)
-
-
 def wait_for_quiet(max_wait_s: float) -> float:
     deadline = time.monotonic() + max_wait_s
     busy = busy_percent()
@@ -1107,10 +1070,6 @@ def wait_for_quiet(max_wait_s: float) -> float:
     if busy > QUIET_BUSY_PERCENT:
         say(f"!!! machine {busy:.0f} % of a core busy before start: other processes will disturb this run")
     return busy
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def keep_logs(tmp: Path, directory: Path | None) -> None:
@@ -1150,7 +1109,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_emulator_role(args.spec)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (SIG_IGN)
     busy_before = wait_for_quiet(args.wait_quiet)
     stack = Stack(Path(tempfile.mkdtemp(prefix="pushgw-providers-")))
