@@ -30,6 +30,8 @@ class PlanPush(WorkItem):
     `where` and `data` are the Parse JSON values as received (credentials stripped); `options` holds the
     other top-level body keys (`notification`, `rawPayload`, `priority`, `push_type`, `collapse_id`, …).
     A local-time push is planned once per UTC offset: `utc_offset_min` and `time_zones` name the group.
+    `badge_applied`: Parse Server already incremented or set the badges (a push handed over by its own push
+    queue, see workers/parse_queue.py), so senders send each installation's stored badge and write none.
     """
 
     kind: Literal["plan_push"] = "plan_push"
@@ -45,6 +47,7 @@ class PlanPush(WorkItem):
     accepted_at: datetime
     utc_offset_min: int | None = None
     time_zones: list[str] | None = None
+    badge_applied: bool = False
 
 
 class Device(BaseModel):
@@ -79,6 +82,7 @@ class SendBatch(WorkItem):
     expiry_ms: float | None = None
     utc_offset_min: int | None = None
     accepted_at: datetime | None = None
+    badge_applied: bool = False
 
 
 AnyWorkItem = Annotated[PlanPush | SendBatch, Field(discriminator="kind")]

@@ -48,6 +48,11 @@ PUSHES_FINISHED = Counter("pushgw_pushes_finished_total", "Pushes that reached a
 DEAD_LETTERS = Counter(
     "pushgw_dead_letters_total", "Work items that reached the dead-letter queue.", ["kind"]
 )
+PARSE_ITEMS = Counter(
+    "pushgw_parse_queue_items_total",
+    "Parse Server push work items consumed: planned (handed to the planner) or ignored (push already final).",
+    ["outcome"],
+)
 
 PROVIDER_SECONDS = Histogram(
     "pushgw_provider_request_seconds",

@@ -59,7 +59,7 @@ class Push:
 
 def parse_push(body: dict[str, Any], *, now: datetime) -> Push:
     """Validate a /push body exactly as PushRouter.handlePOST + PushController.sendPush do, or raise."""
-    where = _audience(body)
+    where = audience_where(body)
     expiry_ms = _expiration_time(body)
     interval = _expiration_interval(body)
     if expiry_ms and interval:
@@ -70,11 +70,16 @@ def parse_push(body: dict[str, Any], *, now: datetime) -> Push:
     data = body.get("data")
     if isinstance(data, dict) and not parse_quirks.is_valid_badge(data.get("badge")):
         raise InvalidBadge("Invalid value for badge, expected number or 'Increment' or {increment: number}")
-    options = {key: value for key, value in body.items() if key not in _HANDLED_KEYS}
-    return Push(where, data, push_time, expiry_ms, interval, options)
+    return Push(where, data, push_time, expiry_ms, interval, body_options(body))
 
 
-def _audience(body: dict[str, Any]) -> Any:
+def body_options(body: dict[str, Any]) -> dict[str, Any]:
+    """The body keys that are neither audience, data, time nor expiry (`notification`, `push_type`, …)."""
+    return {key: value for key, value in body.items() if key not in _HANDLED_KEYS}
+
+
+def audience_where(body: dict[str, Any]) -> Any:
+    """`where`, or `channels` as the query Parse makes of it; ParseError when both or neither are set."""
     has_where, has_channels = "where" in body, "channels" in body
     if has_where and has_channels:
         raise ParseError(PUSH_MISCONFIGURED, _AUDIENCE_BOTH)

@@ -70,6 +70,7 @@ def plan_from_status(document: Document, app_id: str, **changes: Any) -> PlanPus
         expiration_interval_s=document.get("expiration_interval"),
         options=json.loads(own.get("options", "{}")),
         accepted_at=document["_created_at"],
+        badge_applied=own.get("badge_applied", False),
         **changes,
     )
 

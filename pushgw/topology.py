@@ -10,7 +10,8 @@ from aio_pika.abc import AbstractChannel, AbstractExchange
 
 PLAN = "plan"
 SEND = "send"
-WORK_QUEUES = (PLAN, SEND)
+PARSE = "parse"  # Parse Server's own push work items (deploy/parse-server's queue adapter publishes here)
+WORK_QUEUES = (PLAN, SEND, PARSE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -223,6 +223,7 @@ class Planner:
             expiry_ms=plan.expiry_ms,
             utc_offset_min=item.utc_offset_min,
             accepted_at=item.accepted_at,
+            badge_applied=item.badge_applied,
         )
         await self._broker.publish(SEND, batch.to_bytes(), message_id=f"{item.push_id}:{batch.unit}")
         for transport, count in Counter(device.transport for device in devices).items():

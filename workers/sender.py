@@ -131,6 +131,10 @@ class Sender:
         ]
         if not receivers or (rule.increment is None and rule.set_to is None):
             return {}
+        if run.item.badge_applied:  # Parse Server wrote the badges before handing the push over
+            if rule.set_to is not None:
+                return {device.object_id: rule.set_to for device in receivers}
+            return {device.object_id: device.badge for device in receivers if device.badge is not None}
         ledger_id = f"{run.item.push_id}:{_RETRY_SUFFIX.sub('', run.item.unit)}"
         installations = app.collection_prefix + "_Installation"
         return await apply_badges(

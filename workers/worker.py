@@ -13,15 +13,16 @@ from typing import Any
 from prometheus_client import start_http_server
 from pymongo.errors import PyMongoError
 
-from pushgw.broker import Consumer, Delivery, PublishError
+from pushgw.broker import Consumer, Delivery, Handler, PublishError
 from pushgw.clock import Clock
 from pushgw.connections import Connections
 from pushgw.logs import get_logger
 from pushgw.messages import PlanPush, SendBatch, UnknownWorkItem, parse_work_item
 from pushgw.mongo import app_database
 from pushgw.settings import Settings
-from pushgw.topology import PLAN, SEND
+from pushgw.topology import PARSE, PLAN, SEND
 from workers.dead_letters import DEAD_ROUTE, DeadLetters
+from workers.parse_queue import ParseQueue
 from workers.periodic import run_every
 from workers.planner import Planner, ensure_installation_indexes
 from workers.providers.provider import Provider
@@ -51,16 +52,19 @@ class Worker:
         self.dead_letters = DeadLetters(settings, databases, clock)
         self.scheduler = Scheduler(settings, connections, clock)
         self.watchdog = Watchdog(settings, connections, clock, self.dead_letters)
+        self.parse_queue = ParseQueue(settings, connections.mongo, broker, clock)
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._consumers: list[Consumer] = []
 
     async def start(self) -> None:
         await self._ensure_indexes()
         broker, prefetch = self._connections.broker, self._settings.worker.prefetch
+        work = self._tracked(self._process)
         self._consumers = [
-            await broker.consume(PLAN, self._handle, prefetch=prefetch),
-            await broker.consume(SEND, self._handle, prefetch=self._settings.worker.send_prefetch),
+            await broker.consume(PLAN, work, prefetch=prefetch),
+            await broker.consume(SEND, work, prefetch=self._settings.worker.send_prefetch),
             await broker.consume(DEAD_ROUTE, self.dead_letters.keep, prefetch=prefetch),
+            await broker.consume(PARSE, self._tracked(self.parse_queue.handle), prefetch=prefetch),
         ]
         log.info("worker_started", owner=self.owner, transports=sorted(self._providers))
 
@@ -97,15 +101,20 @@ class Worker:
             await asyncio.gather(*still_running, return_exceptions=True)
         log.info("worker_drained", abandoned=0 if not pending else len([t for t in pending if t.cancelled()]))
 
-    async def _handle(self, delivery: Delivery) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._in_flight.add(task)
-        try:
-            await self._process(delivery)
-        finally:
+    def _tracked(self, handler: Handler) -> Handler:
+        """The handler, its task counted as in flight so that drain() waits for it."""
+
+        async def tracked(delivery: Delivery) -> None:
+            task = asyncio.current_task()
             if task is not None:
-                self._in_flight.discard(task)
+                self._in_flight.add(task)
+            try:
+                await handler(delivery)
+            finally:
+                if task is not None:
+                    self._in_flight.discard(task)
+
+        return tracked
 
     async def _process(self, delivery: Delivery) -> None:
         try:

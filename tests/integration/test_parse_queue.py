@@ -1,0 +1,148 @@
+"""Parse Server's own push work items (route C) → `<prefix>.parse` → the fleet finishes the push exactly.
+
+Parse's side is reproduced write for write (contract §9.4, parse-server-integration §2.3): the pending
+`_PushStatus`, the badge `$inc` on every matched installation with a token, `setRunning(count)`, and one
+item per skip page in the observed message format, published the way deploy/parse-server's adapter does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pushgw.push import audience_where, parse_push
+from pushgw.push_status import new_status_document
+from tests.fixtures.fleet import RunningWorker
+from tests.fixtures.gateway import SettingsFactory
+from tests.fixtures.parse_data import installation, seed_schema
+from tests.fixtures.rabbit import RabbitAdmin
+from tests.fixtures.waiting import until
+
+WORKER = {"batch_size": 2, "requeue_delay_s": 0.1}
+RECORD_ALL = {"transports": ["apns", "fcm", "ppns"]}
+APP_ID = "app1"
+
+
+def parse_accepts(database: Any, push_id: str, body: dict[str, Any], batch_size: int) -> list[bytes]:
+    """What Parse Server does between the 200 and its queue: status row, badges, count, work items."""
+    now = datetime.now(UTC)
+    database["_PushStatus"].insert_one(
+        new_status_document(push_id, parse_push(body, now=now), now=now, scheduled=False)
+    )
+    where = {**audience_where(body)}
+    where.setdefault("deviceToken", {"$exists": True})
+    mongo_where = {key: value for key, value in where.items() if key != "channels"}
+    if "channels" in where:
+        mongo_where["channels"] = {"$in": where["channels"]["$in"]}
+    if body.get("data", {}).get("badge") == "Increment":
+        database["_Installation"].update_many(mongo_where, {"$inc": {"badge": 1}})
+    count = database["_Installation"].count_documents(mongo_where)
+    pages = math.ceil(count / batch_size)
+    database["_PushStatus"].update_one(
+        {"_id": push_id, "status": "pending"}, {"$set": {"status": "running", "count": pages}}
+    )
+    return [
+        json.dumps(
+            {
+                "body": body,
+                "query": {"where": where, "limit": batch_size, "skip": skip, "order": "objectId"},
+                "pushStatus": {"objectId": push_id},
+                "applicationId": APP_ID,
+            },
+            separators=(",", ":"),
+        ).encode()
+        for skip in range(0, count, batch_size)
+    ]
+
+
+def final_status(database: Any, push_id: str) -> dict[str, Any]:
+    def final() -> dict[str, Any] | None:
+        row: dict[str, Any] | None = database["_PushStatus"].find_one({"_id": push_id})
+        return row if row and row["status"] in ("succeeded", "failed") else None
+
+    return until(final, timeout_s=30, what=f"push {push_id} to finish")
+
+
+def test_parse_queue_items_finish_the_push_once_with_parse_badges(
+    make_settings: SettingsFactory,
+    worker_factory: Callable[..., RunningWorker],
+    rabbit: RabbitAdmin,
+    mongo: Any,
+    db_name: str,
+) -> None:
+    database = mongo[db_name]
+    seed_schema(database)
+    devices = [
+        installation("ios", badge=3), installation("ios"), installation("ios", badge=7),
+        installation("android", badge=1), installation("embedded"),
+        installation("ios", channels=["other"], badge=5),
+    ]  # fmt: skip
+    database["_Installation"].insert_many(devices)
+    worker = worker_factory(make_settings(worker=WORKER, recording=RECORD_ALL))
+    body = {"channels": ["news"], "data": {"alert": "queued", "badge": "Increment"}}
+    items = parse_accepts(database, "ParseQ0001", body, batch_size=2)
+    assert len(items) == 2  # four token installations on "news", two per page
+    # Pages arrive in any order and twice (Parse's adapter retries): the push is still planned once.
+    rabbit.publish_to_queue("parse", [*reversed(items), items[0]], headers={"x-parse-channel": "c"})
+
+    row = final_status(database, "ParseQ0001")
+    assert row["status"] == "succeeded"
+    assert (row["numSent"], row.get("numFailed", 0)) == (5, 0)
+    assert row["sentPerType"] == {"ios": 3, "android": 1, "embedded": 1}
+    assert "count" not in row  # Parse's outstanding-page counter is settled, not left behind
+    delivered = worker.delivered("ParseQ0001")
+    assert sorted(delivered) == sorted(d["_id"] for d in devices[:5])  # PPNS reached too
+    badges = {d["_id"]: d.get("badge") for d in database["_Installation"].find()}
+    assert [badges[d["_id"]] for d in devices] == [4, 1, 8, 2, None, 5]  # Parse's one increment only
+    sent = worker.payloads("ParseQ0001")
+    assert [sent[d["_id"]].get("badge") for d in devices[:3]] == [4, 1, 8]
+    until(lambda: rabbit.count("parse") == 0, timeout_s=10, what="every parse item acked")
+
+
+def test_unreadable_items_are_dead_lettered_and_do_not_block_the_queue(
+    make_settings: SettingsFactory,
+    worker_factory: Callable[..., RunningWorker],
+    rabbit: RabbitAdmin,
+    mongo: Any,
+    db_name: str,
+) -> None:
+    database = mongo[db_name]
+    database["_Installation"].insert_many([installation("ios"), installation("android")])
+    worker = worker_factory(make_settings(worker=WORKER, recording=RECORD_ALL))
+    good = parse_accepts(database, "ParseQ0002", {"where": {}, "data": {"alert": "x"}}, batch_size=100)
+    stranger = json.loads(good[0])
+    stranger["applicationId"] = "someone-else"
+    no_audience = {**json.loads(good[0]), "body": {"data": {}}}
+    bad = [b"not json", json.dumps(stranger).encode(), json.dumps(no_audience).encode()]
+    rabbit.publish_to_queue("parse", [*bad, *good])
+
+    row = final_status(database, "ParseQ0002")
+    assert (row["status"], row["numSent"]) == ("succeeded", 2)
+    assert sorted(worker.delivered("ParseQ0002")) == sorted(
+        d["_id"] for d in database["_Installation"].find()
+    )
+    until(lambda: rabbit.count("parse") == 0, timeout_s=10, what="the poison items to leave the queue")
+
+
+def test_items_for_a_finished_push_change_nothing(
+    make_settings: SettingsFactory,
+    worker_factory: Callable[..., RunningWorker],
+    rabbit: RabbitAdmin,
+    mongo: Any,
+    db_name: str,
+) -> None:
+    database = mongo[db_name]
+    database["_Installation"].insert_one(installation("ios"))
+    worker = worker_factory(make_settings(worker=WORKER, recording=RECORD_ALL))
+    items = parse_accepts(database, "ParseQ0003", {"where": {}, "data": {"alert": "x"}}, batch_size=100)
+    rabbit.publish_to_queue("parse", items)
+    first = final_status(database, "ParseQ0003")
+    rabbit.publish_to_queue("parse", items)  # a late duplicate from Parse's adapter spool
+    until(lambda: rabbit.count("parse") == 0, timeout_s=10, what="the duplicate to be consumed")
+    until(lambda: rabbit.count("plan") == 0, timeout_s=10, what="nothing left to plan")
+    again = database["_PushStatus"].find_one({"_id": "ParseQ0003"})
+    assert (again["status"], again["numSent"]) == (first["status"], first["numSent"]) == ("succeeded", 1)
+    assert len(worker.delivered("ParseQ0003")) == 1
