@@ -125,6 +125,7 @@ class Stack:
     seeded: int = 0
     users: set[int] = field(default_factory=set)
     installation_indexes: list[str] = field(default_factory=lambda: WorkerSettings().installation_indexes)
+    send_inline: bool = True
 
     @property
     def mongo_uri(self) -> str:
@@ -222,6 +223,7 @@ def write_config(stack: Stack, store: str) -> Path:
         f'[queue]\nurl = "{RABBIT_URL}"\nprefix = "{stack.prefix}"\n\n'
         f'[http]\nhost = "127.0.0.1"\nport = {stack.http_port}\n\n'
         "[worker]\nshutdown_timeout_s = 5\n"  # teardown must not wait 30 s for abandoned plans
+        f"send_small_pushes_inline = {json.dumps(stack.send_inline)}\n"
         f"installation_indexes = {json.dumps(stack.installation_indexes)}\n\n"
         f'[recording]\ntransports = ["apns", "fcm", "ppns"]\nstore = "{store}"\n\n'
         '[log]\nlevel = "warning"\n\n'
@@ -1196,12 +1198,13 @@ def config_summary(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "sizes": args.sizes, "transactional": args.transactional, "tx_concurrency": args.tx_concurrency,
         "queue_prefix": stack.prefix, "installation_indexes": stack.installation_indexes,
+        "send_small_pushes_inline": stack.send_inline,
         "mongo_timeout_ms": stack.mongo_timeout_ms or "pushgw default (5000)",
         "profile": str(args.profile) if args.profile else None,
         "machine_busy_before_start_percent": args.busy_before_start,
         "note": "one SecantusDB (temp storage, single core) holds _Installation, _PushStatus and "
         "pushgw_recorded, as pushgw needs; RabbitMQ at 127.0.0.1:5672; pushgw's worker defaults "
-        "(batch_size 500, prefetch 4, send_prefetch 16); everything shares the machine's cores; the intake's _PushStatus "
+        "(batch_size 500, prefetch 16, send_prefetch 16); everything shares the machine's cores; the intake's _PushStatus "
         "inserts queue behind planner scans (no separate database possible: one mongo.uri)"
         + ("; py-spy runs during the push phases (numbers disturbed)" if args.profile else ""),
     }  # fmt: skip
@@ -1247,6 +1250,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-user-index",
         action="store_true",
         help="run pushgw with worker.installation_indexes = [] (default: pushgw's, _p_user and installationId)",
+    )
+    add(
+        "--queued-small-pushes",
+        action="store_true",
+        help="run pushgw with worker.send_small_pushes_inline = false (the baseline for one-batch pushes)",
     )
     add(
         "--keep-logs",
@@ -1326,6 +1334,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.no_user_index:
         stack.installation_indexes = []
+    stack.send_inline = not args.queued_small_pushes
     results: dict[str, Any] = {"config": config_summary(stack, args), "fanout": []}
     stopped = run_all(stack, args, results)
     if stopped is not None and not results["fanout"] and "transactional" not in results:

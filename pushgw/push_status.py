@@ -157,6 +157,40 @@ class StatusStore:
         )
         return result.modified_count == 1
 
+    async def finish_only_unit(
+        self, push_id: str, key: str, owner: str, increments: dict[str, Any], devices: int
+    ) -> bool:
+        """Finish a push whose one plan produced one unit, every device terminal: plan done, unit counted
+        and `succeeded`, in one write. False (nothing written) unless this is the push's only plan and
+        nothing was counted yet; the caller then records the usual way."""
+        prefix = f"{OWN}.plans.{key}"
+        result = await self.collection.update_one(
+            {
+                "_id": push_id,
+                "status": "running",
+                f"{prefix}.owner": owner,
+                f"{prefix}.done": {"$ne": True},
+                f"{OWN}.plans_expected": 1,
+                f"{OWN}.plans_done": 0,
+                f"{OWN}.devices_done": 0,
+            },
+            {
+                "$set": {
+                    "status": "succeeded",
+                    f"{prefix}.done": True,
+                    f"{OWN}.progress_at": self._clock.now(),
+                },
+                "$inc": {
+                    **increments,
+                    f"{OWN}.audience": devices,
+                    f"{OWN}.devices_done": devices,
+                    f"{OWN}.plans_done": 1,
+                },
+                "$unset": {"count": ""},
+            },
+        )
+        return result.modified_count == 1
+
     async def try_finalize(self, push_id: str) -> bool:
         """`succeeded` once every plan is done and every planned device is counted; one caller wins."""
         document = await self.collection.find_one({"_id": push_id}, {"status": 1, OWN: 1})

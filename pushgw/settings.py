@@ -85,8 +85,9 @@ class WorkerSettings(Section):
     """The fleet: batch sizes, concurrency, retries, drain and the background loops' timing."""
 
     batch_size: int = Field(default=500, ge=1, le=5000)
-    prefetch: int = Field(default=4, ge=1)
+    prefetch: int = Field(default=16, ge=1)  # plan units; a one-batch push is also sent in its plan slot
     send_prefetch: int = Field(default=16, ge=1)
+    send_small_pushes_inline: bool = True  # an audience of one batch is sent by its planner, not queued
     progress_chunk: int = Field(default=100, ge=1)
     progress_interval_s: float = Field(default=1.0, ge=0)
     max_attempts: int = Field(default=5, ge=1)
@@ -213,7 +214,10 @@ class PpnsSettings(Section):
     retention_s: float = Field(default=7 * 86_400.0, gt=0)
     backlog_cap: int = Field(default=100, ge=1)
     replay_without_last: Literal["retained", "unwritten", "none"] = "unwritten"
-    poll_interval_s: float = Field(default=0.25, gt=0)
+    node_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,100}$")  # default: host-pid-random
+    poll_interval_s: float = Field(default=5.0, gt=0)  # safety-net sweep of the backlog (live: node queue)
+    poll_interval_without_broker_s: float = Field(default=0.25, gt=0)  # `queue.url = memory://`: no live path
+    written_interval_s: float = Field(default=0.5, gt=0)  # `written_time` bulk updates
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
@@ -222,6 +226,16 @@ class PpnsSettings(Section):
         if installation_id in self.installation_push_line_bytes:
             return self.installation_push_line_bytes[installation_id]
         return self.app_push_line_bytes.get(app_id, self.push_line_bytes)
+
+
+class ConsoleSettings(Section):
+    """The operator console `pushgw serve` serves at `path`, behind an app's master key."""
+
+    enabled: bool = True
+    path: str = Field(default="/console", pattern=r"^/[A-Za-z0-9_.~/-]*[A-Za-z0-9_.~-]$")
+    session_ttl_s: int = Field(default=8 * 3600, ge=60)
+    recent_pushes: int = Field(default=25, ge=1, le=500)
+    poll_interval_ms: int = Field(default=1000, ge=200)
 
 
 class AppSettings(Section):
@@ -295,6 +309,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     recording: RecordingSettings = RecordingSettings()
     ppns: PpnsSettings | None = None
+    console: ConsoleSettings = ConsoleSettings()
     apps: list[AppSettings] = Field(default_factory=list)
 
     @classmethod

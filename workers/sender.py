@@ -86,11 +86,39 @@ class Sender:
         run = _Run(item, database)
         if redelivered:
             await self._load_progress(run)
-        await self._deliver(run, app)
-        removed = await self._cleanup.remove_dead(app, database, list(run.outcomes.values()))
-        await self._defer_or_fail(run)
+        removed = await self._send_unit(run, app)
         await self._record(run, store, removed)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    async def send_only_batch(
+        self,
+        item: SendBatch,
+        app: AppSettings,
+        database: AsyncDatabase[Document],
+        store: StatusStore,
+        owner: str,
+    ) -> bool:
+        """A push's only batch, sent by the planner that holds the push's plan lease (no status read: the
+        claim just made it `running`). True when the push is finished in the same write as the unit."""
+        started = time.perf_counter()
+        run = _Run(item, database)
+        removed = await self._send_unit(run, app)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        increments, counted = self._tally(run, removed)
+        if counted == len(item.devices) and await store.finish_only_unit(
+            item.push_id, _plan_key(item), owner, increments, counted
+        ):
+            metrics.BATCHES.labels("recorded").inc()
+            return True
+        await self._record_tally(run, store, increments, counted)
+        return False
+
+    async def _send_unit(self, run: _Run, app: AppSettings) -> int:
+        """Every device to an outcome (deferred ones handed to the delay queue); the tokens removed."""
+        await self._deliver(run, app)
+        removed = await self._cleanup.remove_dead(app, run.database, list(run.outcomes.values()))
+        await self._defer_or_fail(run)
+        return removed
 
     async def _deliver(self, run: _Run, app: AppSettings) -> None:
         item = run.item
@@ -174,8 +202,8 @@ class Sender:
             "devices_deferred", push_id=item.push_id, unit=item.unit, devices=len(devices), delay_s=delay_s
         )
 
-    async def _record(self, run: _Run, store: StatusStore, tokens_removed: int) -> None:
-        item = run.item
+    def _tally(self, run: _Run, tokens_removed: int) -> tuple[dict[str, Any], int]:
+        """The unit's `_PushStatus` increments and how many devices reached a terminal outcome."""
         tally = Tally()
         counted_outcomes = Counter(
             (_kind(outcome), outcome.device.transport, _reason(outcome)) for outcome in run.outcomes.values()
@@ -185,10 +213,19 @@ class Sender:
         for outcome in run.outcomes.values():
             if not isinstance(outcome, Deferred):
                 tally.add(outcome)
-        counted = tally.sent + tally.failed
-        increments = tally.increments(utc_offset_key(item.utc_offset_min))
+        increments = tally.increments(utc_offset_key(run.item.utc_offset_min))
         if tokens_removed:
             increments[f"{OWN}.tokens_removed"] = tokens_removed
+        return increments, tally.sent + tally.failed
+
+    async def _record(self, run: _Run, store: StatusStore, tokens_removed: int) -> None:
+        increments, counted = self._tally(run, tokens_removed)
+        await self._record_tally(run, store, increments, counted)
+
+    async def _record_tally(
+        self, run: _Run, store: StatusStore, increments: dict[str, Any], counted: int
+    ) -> None:
+        item = run.item
         if await store.record_unit(item.push_id, item.unit, increments, counted):
             metrics.BATCHES.labels("recorded").inc()
             if await store.try_finalize(item.push_id):
@@ -222,6 +259,11 @@ def _with_badge(payload: dict[str, Any], device: Device, badges: Mapping[str, in
     if "badge" in payload and not isinstance(payload["badge"], int | float):
         return {key: item for key, item in payload.items() if key != "badge"}
     return payload
+
+
+def _plan_key(item: SendBatch) -> str:
+    """The plan a unit came from: its name up to `-b<index>` (`all-b0` → `all`, `utc+60-b0` → `utc+60`)."""
+    return item.unit.rpartition("-b")[0]
 
 
 def _progress(database: AsyncDatabase[Document]) -> AsyncCollection[Document]:

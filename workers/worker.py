@@ -46,8 +46,8 @@ class Worker:
         self._providers = providers
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         broker = connections.broker
-        self.planner = Planner(settings.worker, broker, clock, self.owner)
         self.sender = Sender(settings.worker, broker, providers, clock)
+        self.planner = Planner(settings.worker, broker, clock, self.owner, self.sender)
         databases = {app.app_id: app_database(connections.mongo, app) for app in settings.apps}
         self.dead_letters = DeadLetters(settings, databases, clock)
         self.scheduler = Scheduler(settings, connections, clock)

@@ -229,3 +229,48 @@ def test_two_apps_each_reach_only_their_own_installations(fleet: Any, mongo: Any
     assert final_status(mongo, f"{db_name}_1", response.headers["x-parse-push-status-id"])["numSent"] == 2
     assert final_status(mongo, db_name, send(gateway, {"where": {}}))["numSent"] == 1
     mongo.drop_database(f"{db_name}_1")
+
+
+def status_writes(mongo: Any, db_name: str, push: Callable[[], str]) -> list[str]:
+    """The `_PushStatus` writes (change stream operation types) of one push, until it is final."""
+    with mongo[db_name]["_PushStatus"].watch() as stream:
+        push_id = push()
+        events: list[dict[str, Any]] = []
+
+        def finished() -> bool:
+            while (event := stream.try_next()) is not None:
+                if event["documentKey"]["_id"] == push_id:
+                    events.append(event)
+            return any(
+                e.get("updateDescription", {}).get("updatedFields", {}).get("status") == "succeeded"
+                for e in events
+            )
+
+        until(finished, timeout_s=30, what=f"push {push_id} to succeed")
+    return [event["operationType"] for event in events]
+
+
+def test_a_one_batch_push_is_sent_by_its_planner_in_two_status_updates(
+    fleet: Any, mongo: Any, db_name: str
+) -> None:
+    mongo[db_name]["_Installation"].insert_many([installation("ios"), installation("android")])
+    gateway, worker, _ = fleet()
+    push_ids: list[str] = []
+
+    def push() -> str:
+        push_ids.append(send(gateway, {"where": {}, "data": {"alert": "x", "badge": "Increment"}}))
+        return push_ids[-1]
+
+    # Claim, then plan done + unit counted + succeeded in one write (queued: plan, unit, finalize apart).
+    assert status_writes(mongo, db_name, push) == ["insert", "update", "update"]
+    row = final_status(mongo, db_name, push_ids[0])
+    assert (row["numSent"], row["sentPerType"], row["pushgw"]["audience"]) == (2, {"ios": 1, "android": 1}, 2)
+    assert "count" not in row and "units" not in row["pushgw"]
+    assert sorted(
+        worker.payloads(push_ids[0])[d["_id"]].get("badge") for d in mongo[db_name]["_Installation"].find()
+    ) == [1, 1]
+
+    worker.stop()
+    gateway, _, _ = fleet(worker={**FLEET, "send_small_pushes_inline": False})
+    assert len(status_writes(mongo, db_name, push)) > 3
+    assert final_status(mongo, db_name, push_ids[1])["numSent"] == 2
