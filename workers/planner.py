@@ -23,7 +23,7 @@ from pushgw.errors import INVALID_QUERY
 from pushgw.logs import get_logger
 from pushgw.messages import Device, PlanPush, SendBatch
 from pushgw.mongo import Document
-from pushgw.push_status import OWN, StatusStore
+from pushgw.push_status import StatusStore
 from pushgw.settings import AppSettings, WorkerSettings
 from pushgw.topology import SEND
 from workers.audience import ClassSchema, QueryError, conjoin, translate_where
@@ -114,13 +114,12 @@ class Planner:
     async def plan_push(self, item: PlanPush, app: AppSettings, database: AsyncDatabase[Document]) -> None:
         store = StatusStore(database.get_collection(app.collection_prefix + "_PushStatus"), self._clock)
         key = plan_key(item)
-        claimed = await store.claim_plan(item.push_id, key, self._owner, self._settings.planner_lease_s)
-        if claimed is None:
+        state = await store.claim_plan(item.push_id, key, self._owner, self._settings.planner_lease_s)
+        if state is None:
             return  # terminal, planned already, or another worker holds the lease
         metrics.QUEUE_LAG_SECONDS.labels("plan").observe(
             max(0.0, (self._clock.now() - item.accepted_at).total_seconds())
         )
-        state: dict[str, Any] = claimed.get(OWN, {}).get("plans", {}).get(key, {})
         try:
             badge_rule(item.data)
             mongo_filter = await self._audience(item, app, database)
