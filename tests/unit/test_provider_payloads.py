@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 
 import pytest
 
-from workers.providers.apns_payload import apns_id, build_payload, build_request, is_valid_token
+from workers.providers.apns_payload import (
+    APNS_ID_NAMESPACE,
+    apns_id,
+    build_payload,
+    build_request,
+    is_valid_token,
+)
 from workers.providers.fcm_payload import build_message, ttl_for
 from workers.providers.rejections import Verdict, classify_apns, classify_fcm
 
@@ -94,6 +101,8 @@ def test_apns_id_is_a_stable_uuid_per_push_and_token() -> None:
     first = apns_id("P1", TOKEN)
     assert first == apns_id("P1", TOKEN) != apns_id("P2", TOKEN)
     assert len(first) == 36 and first == first.lower()
+    for push_id, token in [("P1", TOKEN), ("aB3dE5gH7j", "f" * 64), ("x", "")]:  # UUIDv5, as documented
+        assert apns_id(push_id, token) == str(uuid.uuid5(APNS_ID_NAMESPACE, f"{push_id}:{token}"))
 
 
 @pytest.mark.parametrize(("token", "valid"), [(TOKEN, True), ("AB" * 40, True), ("abc", False), ("", False),

@@ -7,6 +7,7 @@ deterministic `apns-id`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -19,6 +20,7 @@ MAX_VOIP_PAYLOAD_BYTES = 5120
 MAX_COLLAPSE_ID_BYTES = 64
 # UUIDv5 namespace of pushgw's apns-id values: uuid5(NAMESPACE_URL, "https://pushgw.dev/apns-id").
 APNS_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://pushgw.dev/apns-id")
+_NAMESPACE_BYTES = APNS_ID_NAMESPACE.bytes
 
 # Keys the adapter consumes into headers; none of them is sent in the body.
 _HEADER_KEYS = frozenset(
@@ -68,8 +70,16 @@ def is_valid_token(token: str) -> bool:
 
 
 def apns_id(push_id: str, token: str) -> str:
-    """The same id for every attempt of one push to one token, so retries and Apple's logs correlate."""
-    return str(uuid.uuid5(APNS_ID_NAMESPACE, f"{push_id}:{token}"))
+    """The same id for every attempt of one push to one token, so retries and Apple's logs correlate.
+
+    `uuid.uuid5(APNS_ID_NAMESPACE, f"{push_id}:{token}")` as text, built without the UUID object (half the
+    CPU of `str(uuid5(…))`, and this runs once per device).
+    """
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{push_id}:{token}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def build_payload(data: Mapping[str, Any]) -> dict[str, Any]:
