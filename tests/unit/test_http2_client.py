@@ -1,12 +1,16 @@
-"""The HTTP/2 client's HPACK encoder against hpack's decoder (what every server runs in spirit): blocks decode to
+"""The HTTP/2 client's request framing against h2's, and its HPACK encoder against hpack's decoder (what every server runs in spirit): blocks decode to
 exactly what was sent, repeated values shrink to one byte, per-request values stay out of the table."""
 
 from __future__ import annotations
 
 import random
 
+import pytest
+from h2.connection import H2Connection
+from h2.exceptions import FlowControlError
 from hpack import Decoder, NeverIndexedHeaderTuple
 
+from workers.providers.h2_overrides import new_client_h2
 from workers.providers.hpack_encoder import HeaderEncoder
 
 STATIC = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"api.push.apple.com")]
@@ -75,3 +79,39 @@ def test_random_header_blocks_decode_exactly_while_entries_are_evicted() -> None
             NeverIndexedHeaderTuple(b"x-secret", b"%d" % rng.randrange(4)),
         ]
         assert decode(decoder, encoder.encode(headers)) == [tuple(header) for header in headers]
+
+
+def test_request_frames_are_the_bytes_h2_itself_would_send() -> None:
+    """ClientH2's send_headers/send_data skip h2's frame objects: same bytes, same states, same windows."""
+    fast, reference = new_client_h2(), new_client_h2()
+    for connection in (fast, reference):
+        connection.initiate_connection()
+        connection.data_to_send()
+    requests = [
+        (1, [*request_headers(1), ("apns-priority", "10")], b'{"aps":{"alert":"hi"}}'),
+        (3, request_headers(2), b""),  # END_STREAM on HEADERS
+        (5, [*request_headers(3), (b"x-big", b"v" * 40_000)], b"b" * 1000),  # HEADERS + 2 CONTINUATIONs
+        (7, [*request_headers(4), NeverIndexedHeaderTuple(b"x-secret", b"s")], b"c"),
+    ]
+    for stream_id, headers, body in requests:
+        fast.send_headers(stream_id, headers, end_stream=not body)
+        H2Connection.send_headers(reference, stream_id, headers, end_stream=not body)
+        if body:
+            fast.send_data(stream_id, body, end_stream=True)
+            H2Connection.send_data(reference, stream_id, body, end_stream=True)
+        assert fast.data_to_send() == reference.data_to_send()
+        assert fast.streams[stream_id].state_machine.state == reference.streams[stream_id].state_machine.state
+        assert fast.streams[stream_id].request_method == reference.streams[stream_id].request_method
+    assert fast.outbound_flow_control_window == reference.outbound_flow_control_window
+    assert fast.highest_outbound_stream_id == reference.highest_outbound_stream_id == 7
+
+
+def test_request_body_beyond_the_flow_control_window_is_refused_like_h2() -> None:
+    connection = new_client_h2()
+    connection.initiate_connection()
+    connection.send_headers(1, request_headers(1))
+    for _ in range(3):
+        connection.send_data(1, b"x" * 16_384)
+    assert connection.local_flow_control_window(1) == 65_535 - 3 * 16_384
+    with pytest.raises(FlowControlError):
+        connection.send_data(1, b"x" * 16_384)  # one byte over the window

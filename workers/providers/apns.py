@@ -31,7 +31,13 @@ from pushgw import metrics
 from pushgw.logs import get_logger
 from pushgw.settings import ApnsSettings, AppSettings
 from workers.outcomes import Deferred, Failed, Outcome, Reason, Sent
-from workers.providers.apns_payload import build_request, is_valid_token, size_limit
+from workers.providers.apns_payload import (
+    ApnsRequest,
+    is_valid_token,
+    request_template,
+    size_limit,
+    with_apns_id,
+)
 from workers.providers.credential_gate import CredentialGate
 from workers.providers.http2 import Http2Error, Http2Pool
 from workers.providers.provider import APNS, Notification, PushContext
@@ -175,9 +181,14 @@ class ApnsProvider:
         self._suspects: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
 
     async def send(self, push: PushContext, notifications: Sequence[Notification]) -> list[Outcome]:
-        return list(await asyncio.gather(*(self._send_one(push, n) for n in notifications)))
+        # Devices that get the same `data` (same locale, no per-device badge) share one body and header
+        # set: only `apns-id` differs. Keyed by the data object, which `notifications` keeps alive.
+        templates: dict[tuple[int, str], ApnsRequest] = {}
+        return list(await asyncio.gather(*(self._send_one(push, n, templates) for n in notifications)))
 
-    async def _send_one(self, push: PushContext, notification: Notification) -> Outcome:
+    async def _send_one(
+        self, push: PushContext, notification: Notification, templates: dict[tuple[int, str], ApnsRequest]
+    ) -> Outcome:
         device, token = notification.device, notification.device.device_token or ""
         if not is_valid_token(token):
             return Failed(device, "BadDeviceToken")  # malformed: never sent, so it cannot throttle a lane
@@ -191,12 +202,14 @@ class ApnsProvider:
         if not notification.data:
             return Failed(device, Reason.EMPTY_PAYLOAD)
         topic = device.app_identifier or credential.settings.bundle_ids[0]
-        request = build_request(
-            notification.data, push.options, push_id=push.push_id, token=token, topic=topic,
-            expiry_ms=push.expiry_ms,
-        )  # fmt: skip
-        if len(request.body) > size_limit(request.push_type):
+        key = (id(notification.data), topic)
+        template = templates.get(key)
+        if template is None:
+            data, expiry_ms = notification.data, push.expiry_ms
+            template = templates[key] = request_template(data, push.options, topic=topic, expiry_ms=expiry_ms)
+        if len(template.body) > size_limit(template.push_type):
             return Failed(device, Reason.PAYLOAD_TOO_LARGE)
+        request = with_apns_id(template, notification.data, push.push_id, token)
         lane = "quarantine" if push.attempt > 1 or token in self._suspects else "main"
         rejection = await credential.post(token, request.headers, request.body, lane)
         return self._outcome(push.app_id, credential, notification, rejection)

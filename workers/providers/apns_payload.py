@@ -144,6 +144,14 @@ def build_request(
     expiry_ms: float | None,
 ) -> ApnsRequest:
     """Body and headers for one device. `topic` is the bundle id; the push type adds its suffix."""
+    template = request_template(data, options, topic=topic, expiry_ms=expiry_ms)
+    return with_apns_id(template, data, push_id, token)
+
+
+def request_template(
+    data: Mapping[str, Any], options: Mapping[str, Any], *, topic: str, expiry_ms: float | None
+) -> ApnsRequest:
+    """Everything but `apns-id`: the same for every device of a push that gets the same `data`."""
     payload = build_payload(data)
     push_type = push_type_for(data, options, payload)
     priority = _first(data.get("priority"), options.get("priority"))
@@ -151,7 +159,6 @@ def build_request(
         "apns-topic": str(data.get("topic") or topic) + _TOPIC_SUFFIXES.get(push_type, ""),
         "apns-push-type": push_type,
         "apns-priority": "5" if push_type == "background" else str(priority if priority is not None else 10),
-        "apns-id": str(data.get("id") or apns_id(push_id, token)),
     }
     expiration = data.get("expiry")
     if expiration is None and expiry_ms is not None:
@@ -163,6 +170,12 @@ def build_request(
         headers["apns-collapse-id"] = str(collapse_id)
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     return ApnsRequest(body, headers, push_type)
+
+
+def with_apns_id(template: ApnsRequest, data: Mapping[str, Any], push_id: str, token: str) -> ApnsRequest:
+    """The template for one device: `data.id` if the push names one, else the push's id for this token."""
+    headers = {**template.headers, "apns-id": str(data.get("id") or apns_id(push_id, token))}
+    return ApnsRequest(template.body, headers, template.push_type)
 
 
 def size_limit(push_type: str) -> int:
