@@ -10,16 +10,22 @@ One run, one process tree (every child is started here and stopped on every exit
      reads lines, recording the receive time of every push;
   3. idle memory: once the node's `pushgw_ppns_connections` gauge reaches N and has settled, RSS and PSS of
      every process of the node (the node and its children) again: (after − before) / N per connection;
-  4. broadcast: one push stored for every connected installation exactly the way the PPNS provider does
-     (`Backlog.store`, from this process, `--store-concurrency` at once); time from the first store to the
-     last device receiving it (and the store time alone);
-  5. (run before 4) single-push latency under that load: `--samples` pushes to random installations, one at a time; latency
-     = the device's receive time − the return of `Backlog.store` (the moment the provider counts it `Sent`);
+  4. broadcast: one push sent to every connected installation through the fleet's `PpnsProvider.send`
+     (from this process, in worker-sized batches of `--batch-size`, `--store-concurrency` batches at once):
+     bulk backlog store + one message per batch on the node's RabbitMQ queue (`--amqp-url`; the node
+     consumes its queue). Time from the first store to the last device receiving it (and the store time
+     alone). `--broadcast-store bulk` stores with one `update_many` and publishes nothing (the node's
+     safety-net sweep, `--poll-interval-s`, finds it);
+  5. (run before 4) single-push latency under that load: `--samples` pushes to random installations, one at
+     a time through `PpnsProvider.send`; latency = the device's receive time − the start of `send` (store
+     and live message included; `after_sent_*`: − its return, when the provider counts it `Sent`);
   6. print the targets with PASS/MISS, `--json` adds one object with every number.
 
 Run: `.venv/bin/python bench/ppns.py [--connections 1000,10000,50000] [--modes tls,plain] [--samples 200]
-[--poll-interval-s 0.25] [--json] [--keep-logs DIR]`. Needs root or a hard RLIMIT_NOFILE above N (the
-children raise their own limits) and, above ~25,000 connections, several source addresses (automatic).
+[--poll-interval-s 5] [--amqp-url amqp://…] [--json] [--keep-logs DIR]`. Needs RabbitMQ (default
+127.0.0.1:5672; `--amqp-url ""` runs the node without a broker: polling only), root or a hard RLIMIT_NOFILE
+above N (the children raise their own limits) and, above ~25,000 connections, several source addresses
+(automatic).
 """
 
 from __future__ import annotations
@@ -307,6 +313,7 @@ class Stack:
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     mongo_uri: str = ""
     node_pid: int = 0
+    queue_prefix: str = field(default_factory=lambda: f"bench{random.randrange(16**8):08x}")
 
     def spawn(self, args: list[str], log: Path, *, pipes: bool = False) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
@@ -347,14 +354,19 @@ async def wait_until(check: Any, what: str, process: subprocess.Popen[bytes], ti
         await asyncio.sleep(0.2)
 
 
-async def wait_quiet(node: subprocess.Popen[bytes], what: str, timeout_s: float = 120.0) -> None:
-    """Poll until the node used under 5 % of a core over a 0.5 s window (its connections are settled):
-    memory is read from an idle node, never after a guessed pause."""
+async def wait_quiet(
+    node: subprocess.Popen[bytes], what: str, timeout_s: float = 120.0, also: tuple[int, ...] = ()
+) -> None:
+    """Poll until the node (and the processes in `also`, e.g. the database its connections' claims and
+    first replays wait for) used under 5 % of a core each over a 0.5 s window: memory and latency are
+    measured on an idle node, never after a guessed pause."""
     deadline = time.monotonic() + timeout_s
+    pids = [node.pid, *also]
     while True:
-        before, started = cpu_s([node.pid]), time.monotonic()
+        before, started = [cpu_s([pid]) for pid in pids], time.monotonic()
         await asyncio.sleep(0.5)  # the sampling window of the CPU measurement, not a synchronisation guess
-        if (cpu_s([node.pid]) - before) / (time.monotonic() - started) < 0.05:
+        elapsed = time.monotonic() - started
+        if all((cpu_s([pid]) - b) / elapsed < 0.05 for pid, b in zip(pids, before, strict=True)):
             return
         if node.poll() is not None:
             raise BenchError(f"{what}: process exited with {node.returncode}")
@@ -412,7 +424,8 @@ def write_config(stack: Stack, mode: str, port: int, metrics_port: int, args: ar
         f'[ppns]\nhost = "127.0.0.1"\nport = {port}\nmetrics_port = {metrics_port}\n'
         f"plain_tcp = {'false' if mode == 'tls' else 'true'}\n{tls}"
         f"poll_interval_s = {args.poll_interval_s}\nhandshake_timeout_s = 30\n\n"
-        '[log]\nlevel = "warning"\n\n'
+        + (f'[queue]\nurl = "{args.amqp_url}"\nprefix = "{stack.queue_prefix}"\n\n' if args.amqp_url else "")
+        + '[log]\nlevel = "warning"\n\n'
         f'[[apps]]\napp_id = "{APP_ID}"\nmaster_key = "master"\nmongo_database = "{DATABASE}"\n'
     )
     return path
@@ -442,18 +455,29 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-async def store_all(backlog: Any, ids: list[str], push_id: str, concurrency: int) -> float:
-    """Store one push per installation like PpnsProvider._store; seconds taken."""
+def provider_batch(app_id: str, push_id: str, ids: list[str], alert: str) -> tuple[Any, list[Any]]:
+    """A PushContext and the Notifications of one worker batch, as the sender hands them to the provider."""
+    from pushgw.messages import Device
+    from workers.providers.provider import Notification, PushContext
+
+    push = PushContext(app_id=app_id, push_id=push_id, options={}, expiry_ms=None)
+    devices = [Device(object_id=i, device_type="embedded", transport="ppns", installation_id=i) for i in ids]
+    return push, [Notification(device, {"alert": alert}) for device in devices]
+
+
+async def store_all(provider: Any, ids: list[str], push_id: str, batch: int, concurrency: int) -> float:
+    """Send one push to every installation through PpnsProvider.send, in worker-sized batches
+    (`--batch-size`, `--store-concurrency` batches at once): bulk store + one live message per node per
+    batch; seconds taken."""
     limit = asyncio.Semaphore(concurrency)
     started = time.monotonic()
 
-    async def one(installation_id: str) -> None:
+    async def one(chunk: list[str]) -> None:
         async with limit:
-            await backlog.store(
-                installation_id, push_id, {"alert": "broadcast"}, None, int(time.time() * 1000)
-            )
+            push, notifications = provider_batch(APP_ID, push_id, chunk, "broadcast")
+            await provider.send(push, notifications)
 
-    await asyncio.gather(*(one(i) for i in ids))
+    await asyncio.gather(*(one(ids[i : i + batch]) for i in range(0, len(ids), batch)))
     return time.monotonic() - started
 
 
@@ -472,13 +496,18 @@ async def store_bulk(backlog: Any, prefix: str, push_id: str) -> float:
     return time.monotonic() - started
 
 
-async def measure_idle(node: subprocess.Popen[bytes], metrics_port: int, count: int) -> dict[str, Any]:
-    """Wait for `count` registered connections, let claims and first flushes settle, read memory."""
+async def measure_idle(
+    node: subprocess.Popen[bytes], metrics_port: int, count: int, database_pid: int
+) -> dict[str, Any]:
+    """Wait for `count` registered connections, let claims and first replays settle (node and database
+    idle: a connection counts as registered before its claim is written), read memory."""
     await wait_until(
         lambda: (metric(metrics_port, "pushgw_ppns_connections") or 0) >= count,
         "registered connections", node, max(60.0, count / 200),
     )  # fmt: skip
-    await wait_quiet(node, "the node settling (claims and first replays)")
+    await wait_quiet(
+        node, "the node settling (claims and first replays)", max(300.0, count / 50), (database_pid,)
+    )
     memory = tree_memory(node.pid)
     memory["connections"] = metric(metrics_port, "pushgw_ppns_connections")
     return memory
@@ -499,6 +528,7 @@ async def run_mode(
     from ppns.backlog import open_backlogs
     from pushgw.mongo import create_client
     from pushgw.settings import load_settings
+    from workers.providers.ppns import PpnsProvider
 
     port, metrics_port = free_port(), free_port()
     config = write_config(stack, mode, port, metrics_port, args)
@@ -528,7 +558,7 @@ async def run_mode(
         say(
             f"{mode} {count}: {connected['ready']} ready in {connected['seconds']:.1f} s {connected['errors']}"
         )
-        idle = await measure_idle(node, metrics_port, connected["ready"])
+        idle = await measure_idle(node, metrics_port, connected["ready"], stack.children[0].pid)
         result["node_idle"] = idle
         result["kernel_tcp_kib"] = max(0, sockstat_tcp_pages() - tcp_before) * 4
         ready = max(1, connected["ready"])
@@ -536,13 +566,15 @@ async def run_mode(
         result["kib_per_connection_pss"] = (idle["pss_kib"] - before["pss_kib"]) / ready
         result["loadgen"] = await gen.ask({"cmd": "stats"}, 30)
         client = create_client(stack.mongo_uri, 30_000)
+        provider = PpnsProvider(load_settings(config), client)
         try:
             backlog = open_backlogs(client, load_settings(config))[APP_ID]
             ids = [f"{prefix}{i:07d}" for i in range(count)]
             # latency first: after a broadcast the node may still be working through it
-            await latency(gen, backlog, ids, result, args)
-            await broadcast(gen, backlog, ids, ready, result, args)
+            await latency(gen, provider, ids, result, args)
+            await broadcast(gen, backlog, provider, ids, ready, result, args)
         finally:
+            await provider.close()
             await client.close()
     finally:
         stack.stop(process)
@@ -553,6 +585,7 @@ async def run_mode(
 async def broadcast(
     gen: LoadGenClient,
     backlog: Any,
+    provider: Any,
     ids: list[str],
     ready: int,
     result: dict[str, Any],
@@ -566,7 +599,7 @@ async def broadcast(
     if args.broadcast_store == "bulk":
         store_s = await store_bulk(backlog, ids[0][: ids[0].index("-") + 1], push_id)
     else:
-        store_s = await store_all(backlog, ids, push_id, args.store_concurrency)
+        store_s = await store_all(provider, ids, push_id, args.batch_size, args.store_concurrency)
     report = await gen.ask(
         {"cmd": "report", "push_ids": [push_id], "expect": ready, "timeout_s": args.broadcast_timeout_s},
         args.broadcast_timeout_s + 60,
@@ -587,24 +620,31 @@ async def broadcast(
 
 
 async def latency(
-    gen: LoadGenClient, backlog: Any, ids: list[str], result: dict[str, Any], args: argparse.Namespace
+    gen: LoadGenClient, provider: Any, ids: list[str], result: dict[str, Any], args: argparse.Namespace
 ) -> None:
-    stored: dict[str, float] = {}
+    """Single pushes through PpnsProvider.send (one-device batches); latency = device receive − the
+    *start* of `send` (store + live message included), and − its return (the provider counted it Sent)."""
+    started: dict[str, float] = {}
+    returned: dict[str, float] = {}
     for n in range(args.samples):
         push_id = f"L{n:04d}{random.randrange(10**5):05d}"
-        installation_id = random.choice(ids)
-        await backlog.store(installation_id, push_id, {"alert": "one"}, None, int(time.time() * 1000))
-        stored[push_id] = time.time()
+        push, notifications = provider_batch(APP_ID, push_id, [random.choice(ids)], "one")
+        started[push_id] = time.time()
+        await provider.send(push, notifications)
+        returned[push_id] = time.time()
         await asyncio.sleep(random.uniform(0.005, 0.03))  # paces the samples: a trickle, not a burst
-    report = await gen.ask({"cmd": "report", "push_ids": list(stored), "expect": 1, "timeout_s": 20}, 60)
-    values = [(report["pushes"][p][1] - t) * 1000 for p, t in stored.items() if report["pushes"][p][1]]
+    report = await gen.ask({"cmd": "report", "push_ids": list(started), "expect": 1, "timeout_s": 20}, 60)
+    values = [(report["pushes"][p][1] - t) * 1000 for p, t in started.items() if report["pushes"][p][1]]
+    after_sent = [(report["pushes"][p][1] - t) * 1000 for p, t in returned.items() if report["pushes"][p][1]]
     result["latency_ms"] = {
         "samples": len(values),
-        "missing": len(stored) - len(values),
+        "missing": len(started) - len(values),
         "p50": percentile(values, 0.5) if values else None,
         "p99": percentile(values, 0.99) if values else None,
         "max": max(values) if values else None,
         "mean": statistics.fmean(values) if values else None,
+        "after_sent_p50": percentile(after_sent, 0.5) if after_sent else None,
+        "after_sent_p99": percentile(after_sent, 0.99) if after_sent else None,
     }
     say(f"  latency: {result['latency_ms']}")
 
@@ -688,10 +728,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--connections", default="1000,10000", type=lambda s: [int(x) for x in s.split(",")])
     add("--modes", default="tls,plain", type=lambda s: s.split(","))
     add("--samples", type=int, default=200)
-    add("--poll-interval-s", type=float, default=0.25)
-    add("--store-concurrency", type=int, default=200)
+    add("--poll-interval-s", type=float, default=30.0, help="the node's safety-net sweep")
+    add(
+        "--amqp-url",
+        default="amqp://guest:guest@127.0.0.1:5672/",
+        help="RabbitMQ for the node queues (live path); empty: no broker, the node polls",
+    )
+    add("--batch-size", type=int, default=500, help="devices per provider batch (worker.batch_size)")
+    add("--store-concurrency", type=int, default=2, help="provider batches in flight")
     add("--broadcast-timeout-s", type=float, default=120.0)
-    add("--broadcast-store", choices=("bulk", "provider"), default="bulk")
+    add("--broadcast-store", choices=("bulk", "provider"), default="provider")
     add("--connect-concurrency", type=int, default=200)
     add("--json", action="store_true")
     add("--keep-logs", type=Path)

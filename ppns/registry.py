@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ppns.backlog import StoredPush
 from pushgw import metrics
 
 InstallationKey = tuple[str, str]  # (app id, installation id)
@@ -11,7 +12,8 @@ InstallationKey = tuple[str, str]  # (app id, installation id)
 
 class LiveConnection(Protocol):
     key: InstallationKey
-    holder: str  # this connection's unique id, recorded as the installation's newest connection
+    holder: str  # `<node id>/<connection id>`, recorded as the installation's newest connection
+    claimed: bool  # the holder is recorded in the backlog (the sweep compares only claimed connections)
 
     def reset(self) -> None:
         """Close abortively (RST)."""
@@ -19,6 +21,10 @@ class LiveConnection(Protocol):
 
     def wake(self, newest_time: str) -> None:
         """A push up to `newest_time` is stored for this installation."""
+        ...
+
+    def deliver(self, push: StoredPush) -> None:
+        """A push from the node queue."""
         ...
 
     def cursor(self) -> str | None:
@@ -47,10 +53,15 @@ class Registry:
     def holds(self, connection: LiveConnection) -> bool:
         return self._live.get(connection.key) is connection
 
+    def get(self, key: InstallationKey) -> LiveConnection | None:
+        return self._live.get(key)
+
     def by_app(self) -> dict[str, list[LiveConnection]]:
+        """The claimed connections by app."""
         grouped: dict[str, list[LiveConnection]] = {}
         for (app_id, _), connection in self._live.items():
-            grouped.setdefault(app_id, []).append(connection)
+            if connection.claimed:
+                grouped.setdefault(app_id, []).append(connection)
         return grouped
 
     def __len__(self) -> int:

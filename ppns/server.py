@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import socket
 import ssl
 import time
-from typing import Any
 
 from prometheus_client import start_http_server
 from pymongo import AsyncMongoClient
 
 from ppns.backlog import open_backlogs
 from ppns.connection import DeviceConnection, NodeContext, configure_socket
+from ppns.live import NodeLink, default_node_id, encode_resets, holder_node, node_queue
 from ppns.registry import Registry
-from ppns.subscriber import BacklogWatcher
+from ppns.subscriber import BacklogWatcher, LiveDispatcher
+from ppns.timers import Admissions, KeepaliveWheel, WrittenTimes
 from pushgw import metrics
 from pushgw.errors import PushgwError
 from pushgw.logs import get_logger
@@ -29,6 +30,7 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES:RSA+AESGCM:RSA+AES:!aNULL
 
 
 SHUTDOWN_WAIT_S = 5.0
+ADMISSION_WORKERS = 64  # handshake claims + replays in flight against the database
 
 
 class PpnsConfigError(PushgwError):
@@ -49,21 +51,45 @@ def tls_context(settings: PpnsSettings) -> ssl.SSLContext:
 
 
 class PpnsServer:
-    """One node: the listener, its live connections and the watcher that wakes them."""
+    """One node: the listener, its live connections, its node queue (live pushes) and the safety-net
+    sweep of the backlog."""
 
     def __init__(self, settings: Settings, client: AsyncMongoClient[Document]) -> None:
         self._settings = settings.ppns or PpnsSettings()
+        self.node_id = self._settings.node_id or default_node_id()
+        backlogs = open_backlogs(client, settings)
+        registry = Registry()
+        self._written = WrittenTimes(backlogs, self._settings.written_interval_s)
+        self._keepalive = KeepaliveWheel(self._settings.keepalive_interval_s)
         self._node = NodeContext(
             settings=self._settings,
-            backlogs=open_backlogs(client, settings),
-            registry=Registry(),
+            backlogs=backlogs,
+            registry=registry,
             now_ms=lambda: int(time.time() * 1000),
-            node_id=f"{socket.gethostname()}:{os.getpid()}",
+            node_id=self.node_id,
+            keepalive=self._keepalive,
+            written=self._written,
+            replaced_elsewhere=self._replaced_elsewhere,
+            tasks=set(),
+            admissions=Admissions(ADMISSION_WORKERS),
         )
+        live = not settings.queue.is_memory
+        interval_s = self._settings.poll_interval_s if live else self._settings.poll_interval_without_broker_s
+        self._watcher = BacklogWatcher(registry, backlogs, interval_s, self.node_id)
+        self._link = (
+            NodeLink(settings.queue, self.node_id, LiveDispatcher(registry), self._watcher.sweep_soon)
+            if live
+            else None
+        )
+        self._prefix = settings.queue.prefix
         self._server: asyncio.Server | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._written_task: asyncio.Task[None] | None = None
+        self._notices: set[asyncio.Task[bool]] = set()
         self._stopping = asyncio.Event()
-        self._connections: dict[DeviceConnection, asyncio.Task[Any] | None] = {}
+        self._written_stop = asyncio.Event()
+        self._connections: set[DeviceConnection] = set()
+        self._all_gone = asyncio.Event()
 
     @property
     def port(self) -> int:
@@ -71,45 +97,93 @@ class PpnsServer:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
+    @property
+    def queue_name(self) -> str | None:
+        """This node's queue (None without a broker)."""
+        return None if self._link is None else self._link.queue_name
+
+    @property
+    def live(self) -> bool:
+        """Consuming its node queue now."""
+        return self._link is not None and self._link.connected
+
     async def start(self) -> None:
         context = None if self._settings.plain_tcp else tls_context(self._settings)
+        if self._link is not None:
+            await self._link.start()  # before listening: a device's first live push finds the queue
         listener = socket.create_server(
             (self._settings.host, self._settings.port), backlog=1024, reuse_port=False
         )
         # Accepted sockets inherit SO_LINGER/SO_KEEPALIVE, so even a failed TLS handshake ends in RST.
         configure_socket(listener, self._settings)
         timeout = None if context is None else self._settings.handshake_timeout_s
-        self._server = await asyncio.start_server(
-            self._accept, sock=listener, ssl=context, ssl_handshake_timeout=timeout
+        self._server = await asyncio.get_running_loop().create_server(
+            self._connection, sock=listener, ssl=context, ssl_handshake_timeout=timeout
         )
-        watcher = BacklogWatcher(self._node.registry, self._node.backlogs, self._settings.poll_interval_s)
-        self._watcher = asyncio.create_task(watcher.run(self._stopping))
-        log.info("ppns_listening", host=self._settings.host, port=self.port, tls=context is not None)
+        self._tasks = [
+            asyncio.create_task(self._watcher.run(self._stopping), name="ppns-sweep"),
+            asyncio.create_task(self._keepalive.run(self._stopping), name="ppns-keepalive"),
+            asyncio.create_task(self._node.admissions.run(self._stopping), name="ppns-admissions"),
+        ]
+        self._written_task = asyncio.create_task(self._written.run(self._written_stop), name="ppns-written")
+        log.info(
+            "ppns_listening",
+            host=self._settings.host,
+            port=self.port,
+            tls=context is not None,
+            node_id=self.node_id,
+            queue=self.queue_name,
+        )
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            configure_socket(sock, self._settings)
-        connection = DeviceConnection(reader, writer, self._node)
-        self._connections[connection] = asyncio.current_task()
-        try:
-            await connection.serve()
-        finally:
-            self._connections.pop(connection, None)
+    def _replaced_elsewhere(self, app_id: str, installation_id: str, previous: str) -> None:
+        """Tell the node holding `previous` to reset it (its sweep would, later, if this is lost)."""
+        if self._link is None:
+            return
+        body = encode_resets(app_id, [(installation_id, previous)])
+        notice = asyncio.create_task(
+            self._link.publish(node_queue(self._prefix, holder_node(previous)), body)
+        )
+        self._notices.add(notice)
+        notice.add_done_callback(self._notices.discard)
+
+    def _connection(self) -> DeviceConnection:
+        return DeviceConnection(self._node, self._made, self._lost)
+
+    def _made(self, connection: DeviceConnection) -> bool:
+        if self._stopping.is_set():
+            metrics.PPNS_RESETS.labels("shutdown").inc()
+            return False
+        self._connections.add(connection)
+        self._all_gone.clear()
+        return True
+
+    def _lost(self, connection: DeviceConnection) -> None:
+        self._connections.discard(connection)
+        if not self._connections:
+            self._all_gone.set()
 
     async def stop(self) -> None:
         """Stop accepting, reset every connection (RST: devices report ECONNRESET and can reconnect)."""
         if self._server is not None:
             self._server.close()
         self._stopping.set()
-        if self._watcher is not None:
-            await self._watcher
         for connection in list(self._connections):
             metrics.PPNS_RESETS.labels("shutdown").inc()
             connection.reset()
-        serving = [task for task in self._connections.values() if task is not None]
-        if serving:
-            await asyncio.wait(serving, timeout=SHUTDOWN_WAIT_S)
+        if self._connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_gone.wait(), SHUTDOWN_WAIT_S)
+        for task in self._tasks:  # the sweep, keep-alives and admissions end after their current query
+            await task
+        if self._node.tasks:  # backlog reads: never cancelled mid-query (PYTHON-5867)
+            await asyncio.wait(set(self._node.tasks), timeout=SHUTDOWN_WAIT_S)
+        self._written_stop.set()
+        if self._written_task is not None:
+            await self._written_task  # the last `written_time`s of the devices just reset
+        if self._notices:
+            await asyncio.wait(self._notices, timeout=SHUTDOWN_WAIT_S)
+        if self._link is not None:
+            await self._link.close()
         if self._server is not None:
             await self._server.wait_closed()
 

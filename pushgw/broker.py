@@ -20,6 +20,7 @@ from pamqp.commands import Basic
 
 from pushgw.errors import PushgwError
 from pushgw.logs import get_logger
+from pushgw.reconnect import Reconnector
 from pushgw.settings import QueueSettings
 from pushgw.topology import SEND, Topology, declare_topology
 
@@ -96,33 +97,12 @@ class RabbitBroker:
         self._exchange: AbstractExchange | None = None
         self._delay_exchange: AbstractExchange | None = None
         self._consumers: list[_RabbitConsumer] = []
-        self._reconnector: asyncio.Task[None] | None = None
+        self._link = Reconnector(self._connect, _CONNECT_ERRORS, _log_connect_failure)
         self._teardowns: set[asyncio.Task[None]] = set()
-        self._closing = False
 
     async def start(self) -> None:
         """Connect now if the broker answers; otherwise keep trying in the background (see is_ready)."""
-        try:
-            await self._connect()
-        except _CONNECT_ERRORS as error:
-            _log_connect_failure(error)
-            self._reconnect_soon()
-
-    def _reconnect_soon(self) -> None:
-        if self._closing or (self._reconnector is not None and not self._reconnector.done()):
-            return
-        self._reconnector = asyncio.create_task(self._reconnect())
-
-    async def _reconnect(self) -> None:
-        delay_s = 0.5
-        while not self._closing:
-            await asyncio.sleep(delay_s)  # reconnect backoff, never per message
-            try:
-                await self._connect()
-                return
-            except _CONNECT_ERRORS as error:
-                _log_connect_failure(error)
-                delay_s = min(delay_s * 2, 10.0)
+        await self._link.start()
 
     async def _connect(self) -> None:
         connection = await aio_pika.connect(self._settings.url, timeout=self._settings.publish_timeout_s)
@@ -136,7 +116,7 @@ class RabbitBroker:
         except BaseException:
             await connection.close()
             raise
-        if self._closing:
+        if self._link.closing:
             await connection.close()
             return
         self._connection, self._channel, self._exchange = connection, channel, exchange
@@ -146,17 +126,17 @@ class RabbitBroker:
         log.info("broker_connected", prefix=self.topology.prefix, consumers=len(self._consumers))
 
     def _connection_lost(self, connection: AbstractConnection | None, error: BaseException | None) -> None:
-        if self._closing or connection is None or connection is not self._connection:
+        if self._link.closing or connection is None or connection is not self._connection:
             return
         log.warning("broker_connection_lost", error=f"{type(error).__name__}: {error}")
         self._connection = self._channel = self._exchange = self._delay_exchange = None
         self._close_soon(connection)  # marks it closed for aio-pika, whose __del__ would otherwise close it
-        self._reconnect_soon()
+        self._link.soon()
 
     def _channel_lost(self, channel: object, error: BaseException | None) -> None:
         """A channel closed under us (e.g. a channel error): rebuild the whole link, consumers included."""
         connection = self._connection
-        if self._closing or connection is None or connection.is_closed:
+        if self._link.closing or connection is None or connection.is_closed:
             return
         live = channel is self._channel or any(
             channel is consumer.channel and not consumer.cancelled for consumer in self._consumers
@@ -218,11 +198,7 @@ class RabbitBroker:
         )
 
     async def close(self) -> None:
-        self._closing = True
-        if self._reconnector is not None:
-            self._reconnector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reconnector
+        await self._link.close()
         if self._connection is not None:
             await self._connection.close()
         await asyncio.gather(*self._teardowns, return_exceptions=True)

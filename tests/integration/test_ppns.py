@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from ppns.backlog import open_backlogs
 from pushgw.emulators.tls import ServerCertificates, write_server_certificates
 from pushgw.messages import Device
 from pushgw.mongo import create_client
@@ -21,6 +23,7 @@ from tests.fixtures.emulators import PROVIDER_WORKER
 from tests.fixtures.fleet import RunningWorker
 from tests.fixtures.gateway import RunningGateway, SettingsFactory
 from tests.fixtures.parse_data import installation, seed_schema
+from tests.fixtures.ports import free_port
 from tests.fixtures.ppns_devices import (
     ARDUINO,
     GO,
@@ -31,6 +34,7 @@ from tests.fixtures.ppns_devices import (
     connect_device,
     wait_for,
 )
+from tests.fixtures.tcp_proxy import TcpProxy
 from tests.fixtures.waiting import until
 from tests.integration.test_fleet import final_status, send
 from workers.outcomes import Failed, Outcome, Reason, Sent
@@ -372,3 +376,221 @@ def test_device_moving_to_another_node_replaces_the_old_connection_and_loses_not
     store(settings, first.installation_id, {"alert": "via B"})
     wait_for(moved, lambda: moved.alerts() == ["via B"], "the push via node B")
     until(lambda: node_a.server.connection_count == 0, what="node A to forget the device")
+
+
+# --- live delivery through the node queue (the sweep disabled: `poll_interval_s` = NO_SWEEP) --------------
+
+NO_SWEEP = 3600.0
+
+
+def store_silently(settings: Settings, installation_id: str, *datas: dict[str, Any]) -> None:
+    """Store like the provider but publish nothing: a live message lost on the way."""
+
+    async def run() -> None:
+        mongo = create_client(settings.mongo.uri or "", settings.mongo.timeout_ms)
+        try:
+            backlog = open_backlogs(mongo, settings)["app1"]
+            for data in datas:
+                await backlog.store(installation_id, f"S{next(_push_counter):09d}", data, None, now_ms())
+        finally:
+            await mongo.close()
+
+    asyncio.run(run())
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def pushes(stage: str) -> float:
+    return REGISTRY.get_sample_value("pushgw_ppns_pushes_total", {"stage": stage}) or 0.0
+
+
+def held_by(mongo: Any, db_name: str, installation_id: str, node: RunningNode | str) -> None:
+    """Wait until the installation's presence names `node` (its handshake's claim is written)."""
+    node_id = node if isinstance(node, str) else node.server.node_id
+
+    def holder() -> bool:
+        document = mongo[db_name]["_PPNSBacklog"].find_one({"_id": installation_id}, {"holder": 1}) or {}
+        return str(document.get("holder", "")).startswith(node_id + "/")
+
+    until(holder, what=f"{installation_id} held by {node_id}")
+
+
+def live_node(ppns_node_factory: NodeFactory, settings: Settings) -> RunningNode:
+    node = ppns_node_factory(settings)
+    until(lambda: node.server.live, what="the node to consume its queue")
+    return node
+
+
+@pytest.fixture
+def live_settings(make_settings: SettingsFactory, ppns_certificates: ServerCertificates) -> Settings:
+    return ppns_settings(make_settings, ppns_certificates, poll_interval_s=NO_SWEEP)
+
+
+def test_a_push_reaches_a_connected_device_through_its_node_queue_without_a_sweep(
+    ppns_node_factory: NodeFactory, live_settings: Settings, mongo: Any, db_name: str
+) -> None:
+    node = live_node(ppns_node_factory, live_settings)
+    device = node.device(LINUX)
+    device.send_handshake()
+    held_by(mongo, db_name, device.installation_id, node)
+    written, caught_up = pushes("written"), pushes("caught_up")
+    alerts = [f"live {n}" for n in range(5)]
+    store(live_settings, device.installation_id, *({"alert": a} for a in alerts))
+    wait_for(device, lambda: len(device.pushes) == 5, "five live pushes")
+    assert device.alerts() == alerts and not device.desynced
+    assert_clean_wire(device)
+    assert (pushes("written") - written, pushes("caught_up") - caught_up) == (5, 0)
+    # `written_time` follows in one bulk update: a reconnect without `last` gets nothing again.
+    until(
+        lambda: (
+            (mongo[db_name]["_PPNSBacklog"].find_one({"_id": device.installation_id}) or {}).get(
+                "written_time"
+            )
+            == device.last
+        ),
+        what="written_time",
+    )
+
+
+def test_a_lost_live_message_is_a_gap_read_from_the_backlog_in_order(
+    ppns_node_factory: NodeFactory, live_settings: Settings, mongo: Any, db_name: str
+) -> None:
+    node = live_node(ppns_node_factory, live_settings)
+    device = node.device(LINUX)
+    device.send_handshake()
+    held_by(mongo, db_name, device.installation_id, node)
+    store(live_settings, device.installation_id, {"alert": "a"})
+    wait_for(device, lambda: device.alerts() == ["a"], "the first live push")
+    gaps = pushes("gap")
+    store_silently(live_settings, device.installation_id, {"alert": "b"}, {"alert": "c"})
+    store(live_settings, device.installation_id, {"alert": "d"})
+    wait_for(device, lambda: len(device.pushes) == 4, "the lost pushes and the next one")
+    assert device.alerts() == ["a", "b", "c", "d"]
+    assert pushes("gap") == gaps + 1
+    assert_clean_wire(device)
+
+
+def test_device_moving_between_nodes_is_reset_by_a_message_and_gets_every_push_on_the_new_node(
+    ppns_node_factory: NodeFactory, live_settings: Settings, mongo: Any, db_name: str
+) -> None:
+    node_a, node_b = live_node(ppns_node_factory, live_settings), live_node(ppns_node_factory, live_settings)
+    first = node_a.device(LINUX)
+    first.send_handshake()
+    held_by(mongo, db_name, first.installation_id, node_a)
+    store(live_settings, first.installation_id, {"alert": "via A"})
+    wait_for(first, lambda: first.alerts() == ["via A"], "the push via node A")
+    store_silently(live_settings, first.installation_id, {"alert": "while moving"})
+    moved = node_b.device(RTOS, installation_id=first.installation_id, last=first.last)
+    moved.send_handshake()
+    wait_for(first, lambda: first.state != "open", "node A to reset the replaced connection")
+    assert first.state == "reset"
+    store(live_settings, first.installation_id, {"alert": "via B"})
+    wait_for(moved, lambda: len(moved.pushes) == 2, "the pushes via node B")
+    assert moved.alerts() == ["while moving", "via B"]
+    until(lambda: node_a.server.connection_count == 0, what="node A to forget the device")
+
+
+def test_node_losing_its_broker_catches_up_from_the_backlog_when_it_reconnects(
+    make_settings: SettingsFactory,
+    ppns_certificates: ServerCertificates,
+    ppns_node_factory: NodeFactory,
+    live_settings: Settings,
+    tcp_proxy: type[TcpProxy],
+    mongo: Any,
+    db_name: str,
+) -> None:
+    proxy = tcp_proxy(5672)
+    through_proxy = {"queue": {"url": f"amqp://guest:guest@127.0.0.1:{proxy.port}/"}}
+    node = live_node(
+        ppns_node_factory,
+        ppns_settings(make_settings, ppns_certificates, through_proxy, poll_interval_s=NO_SWEEP),
+    )
+    device = node.device(LINUX)
+    device.send_handshake()
+    held_by(mongo, db_name, device.installation_id, node)
+    store(live_settings, device.installation_id, {"alert": "before"})
+    wait_for(device, lambda: device.alerts() == ["before"], "the push before the outage")
+    proxy.cut()  # RabbitMQ sees the node's connection die and deletes its exclusive queue
+    until(lambda: not node.server.live, what="the node to notice the outage")
+    store(live_settings, device.installation_id, {"alert": "during 1"}, {"alert": "during 2"})
+    proxy.restore()
+    wait_for(device, lambda: len(device.pushes) == 3, "the pushes stored during the outage", timeout_s=30)
+    store(live_settings, device.installation_id, {"alert": "after"})
+    wait_for(device, lambda: len(device.pushes) == 4, "the push after the outage")
+    assert device.alerts() == ["before", "during 1", "during 2", "after"]
+    assert device.state == "open"
+
+
+def test_provider_counts_pushes_sent_when_the_broker_is_unreachable(
+    make_settings: SettingsFactory,
+    ppns_certificates: ServerCertificates,
+    ppns_node_factory: NodeFactory,
+    live_settings: Settings,
+    mongo: Any,
+    db_name: str,
+) -> None:
+    node = live_node(ppns_node_factory, live_settings)
+    device = node.device(LINUX)
+    device.send_handshake()
+    held_by(mongo, db_name, device.installation_id, node)
+    closed_port = {"queue": {"url": f"amqp://guest:guest@127.0.0.1:{free_port()}/"}}
+    no_broker = ppns_settings(make_settings, ppns_certificates, closed_port, poll_interval_s=NO_SWEEP)
+    outcomes = store(no_broker, device.installation_id, {"alert": "stored only"})
+    assert [type(outcome) for outcome in outcomes] == [Sent]
+    store(live_settings, device.installation_id, {"alert": "next"})
+    wait_for(device, lambda: len(device.pushes) == 2, "both pushes (the first from the backlog)")
+    assert device.alerts() == ["stored only", "next"]
+
+
+def test_one_batch_for_devices_on_two_nodes_is_one_live_message_per_node(
+    ppns_node_factory: NodeFactory, live_settings: Settings, mongo: Any, db_name: str
+) -> None:
+    nodes = [live_node(ppns_node_factory, live_settings) for _ in range(2)]
+    devices = [nodes[n % 2].device(GO if n % 3 else LINUX) for n in range(12)]
+    for n, device in enumerate(devices):
+        device.send_handshake()
+        held_by(mongo, db_name, device.installation_id, nodes[n % 2])
+    offline = "never-connected"
+    published = pushes("published")
+
+    async def run() -> list[Outcome]:
+        client = create_client(live_settings.mongo.uri or "", live_settings.mongo.timeout_ms)
+        provider = PpnsProvider(live_settings, client)
+        try:
+            targets = [d.installation_id for d in devices] + [offline, devices[0].installation_id]
+            batch = [
+                Notification(Device(object_id=f"o{n}", device_type="embedded", transport="ppns",
+                                    installation_id=i), {"alert": "all"})
+                for n, i in enumerate(targets)
+            ]  # fmt: skip
+            push = PushContext(app_id="app1", push_id="Bcast00001", options={}, expiry_ms=None)
+            return await provider.send(push, batch)
+        finally:
+            await provider.close()
+            await client.close()
+
+    outcomes = asyncio.run(run())
+    assert [type(outcome) for outcome in outcomes] == [Sent] * 14  # a duplicate row is stored once
+    for device in devices:
+        wait_for(device, lambda d=device: d.alerts() == ["all"], "the broadcast")
+    assert pushes("published") == published + 12  # in two messages (one per node); the offline one: none
+    stored = mongo[db_name]["_PPNSBacklog"].find_one({"_id": devices[0].installation_id})
+    assert [entry["push_id"] for entry in stored["pushes"]] == ["Bcast00001"]
+
+
+def test_the_safety_net_sweep_delivers_a_lost_live_message_with_no_push_after_it(
+    make_settings: SettingsFactory,
+    ppns_certificates: ServerCertificates,
+    ppns_node_factory: NodeFactory,
+    mongo: Any,
+    db_name: str,
+) -> None:
+    settings = ppns_settings(make_settings, ppns_certificates, poll_interval_s=0.2)
+    node = live_node(ppns_node_factory, settings)
+    device = node.device(LINUX)
+    device.send_handshake()
+    held_by(mongo, db_name, device.installation_id, node)
+    store_silently(settings, device.installation_id, {"alert": "lost"})
+    wait_for(device, lambda: device.alerts() == ["lost"], "the sweep to find the stored push")
