@@ -42,7 +42,23 @@ class Watchdog:
             )
             await self._replan_abandoned(app, collection)
             await self._fail_stale(collection)
+            await self._export_gauges(app, collection)
         await self._dead.finalize_expired()
+
+    async def _export_gauges(self, app: AppSettings, collection: AsyncCollection[Document]) -> None:
+        """What the alert rules watch and no counter shows: stuck pushes and dead letters nobody handled."""
+        now = self._clock.now()
+        oldest = await collection.find_one(
+            {"status": "running", f"{OWN}.progress_at": {"$exists": True}},
+            {f"{OWN}.progress_at": 1},
+            sort=[(f"{OWN}.progress_at", 1)],
+        )
+        idle_s = (now - oldest[OWN]["progress_at"]).total_seconds() if oldest else 0.0
+        metrics.RUNNING_PUSH_IDLE_SECONDS.labels(app.app_id).set(max(idle_s, 0.0))
+        past_expiry = {"status": "running", "expiry": {"$lt": now.timestamp() * 1000}}
+        past_expiry_count = await collection.count_documents(past_expiry)
+        metrics.RUNNING_PUSHES_PAST_EXPIRY.labels(app.app_id).set(past_expiry_count)
+        metrics.DEAD_LETTERS_PENDING.labels(app.app_id).set(await self._dead.count_pending(app.app_id))
 
     async def _replan_abandoned(self, app: AppSettings, collection: AsyncCollection[Document]) -> None:
         """A plan whose worker died keeps its lease only until it expires; then anyone may resume it."""
@@ -79,6 +95,21 @@ class Watchdog:
                 document["_id"],
                 f"stalled: no progress for {worker.stalled_running_s:g}s; {counted}",
             )
+
+        # A push Parse Server set running (route C: its own intake and queue) whose work items never
+        # reached the fleet has no `pushgw` field at all; Parse bumps `_updated_at` on every batch it
+        # tracks, so this also ends a push stuck in Parse's own pipeline (contract §16, "stuck running").
+        never_reached = {
+            "status": "running",
+            OWN: {"$exists": False},
+            "_updated_at": {"$lt": now - timedelta(seconds=worker.stalled_running_s)},
+        }
+        async for document in collection.find(never_reached, {"_id": 1}):
+            message = (
+                f"running in Parse Server without progress for {worker.stalled_running_s:g}s: "
+                "none of its work items reached pushgw's fleet"
+            )
+            await self._fail(collection, document["_id"], message)
 
     async def _fail(self, collection: AsyncCollection[Document], push_id: str, message: str) -> None:
         if await fail_push(collection, push_id, 1, message):

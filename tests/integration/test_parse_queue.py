@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from pushgw.push import audience_where, parse_push
 from pushgw.push_status import new_status_document
@@ -58,6 +61,24 @@ def parse_accepts(database: Any, push_id: str, body: dict[str, Any], batch_size:
     ]
 
 
+@dataclass
+class ParseSide:
+    """The test's database (where "Parse Server" writes) and a way to start pushgw workers on it."""
+
+    database: Any
+    start_worker: Callable[..., RunningWorker]
+
+
+@pytest.fixture
+def parse_side(
+    make_settings: SettingsFactory, worker_factory: Callable[..., RunningWorker], mongo: Any, db_name: str
+) -> ParseSide:
+    def start_worker(**worker: Any) -> RunningWorker:
+        return worker_factory(make_settings(worker={**WORKER, **worker}, recording=RECORD_ALL))
+
+    return ParseSide(mongo[db_name], start_worker)
+
+
 def final_status(database: Any, push_id: str) -> dict[str, Any]:
     def final() -> dict[str, Any] | None:
         row: dict[str, Any] | None = database["_PushStatus"].find_one({"_id": push_id})
@@ -67,13 +88,9 @@ def final_status(database: Any, push_id: str) -> dict[str, Any]:
 
 
 def test_parse_queue_items_finish_the_push_once_with_parse_badges(
-    make_settings: SettingsFactory,
-    worker_factory: Callable[..., RunningWorker],
-    rabbit: RabbitAdmin,
-    mongo: Any,
-    db_name: str,
+    parse_side: ParseSide, rabbit: RabbitAdmin
 ) -> None:
-    database = mongo[db_name]
+    database = parse_side.database
     seed_schema(database)
     devices = [
         installation("ios", badge=3), installation("ios"), installation("ios", badge=7),
@@ -81,7 +98,7 @@ def test_parse_queue_items_finish_the_push_once_with_parse_badges(
         installation("ios", channels=["other"], badge=5),
     ]  # fmt: skip
     database["_Installation"].insert_many(devices)
-    worker = worker_factory(make_settings(worker=WORKER, recording=RECORD_ALL))
+    worker = parse_side.start_worker()
     body = {"channels": ["news"], "data": {"alert": "queued", "badge": "Increment"}}
     items = parse_accepts(database, "ParseQ0001", body, batch_size=2)
     assert len(items) == 2  # four token installations on "news", two per page
@@ -103,15 +120,11 @@ def test_parse_queue_items_finish_the_push_once_with_parse_badges(
 
 
 def test_unreadable_items_are_dead_lettered_and_do_not_block_the_queue(
-    make_settings: SettingsFactory,
-    worker_factory: Callable[..., RunningWorker],
-    rabbit: RabbitAdmin,
-    mongo: Any,
-    db_name: str,
+    parse_side: ParseSide, rabbit: RabbitAdmin
 ) -> None:
-    database = mongo[db_name]
+    database = parse_side.database
     database["_Installation"].insert_many([installation("ios"), installation("android")])
-    worker = worker_factory(make_settings(worker=WORKER, recording=RECORD_ALL))
+    worker = parse_side.start_worker()
     good = parse_accepts(database, "ParseQ0002", {"where": {}, "data": {"alert": "x"}}, batch_size=100)
     stranger = json.loads(good[0])
     stranger["applicationId"] = "someone-else"
@@ -127,16 +140,10 @@ def test_unreadable_items_are_dead_lettered_and_do_not_block_the_queue(
     until(lambda: rabbit.count("parse") == 0, timeout_s=10, what="the poison items to leave the queue")
 
 
-def test_items_for_a_finished_push_change_nothing(
-    make_settings: SettingsFactory,
-    worker_factory: Callable[..., RunningWorker],
-    rabbit: RabbitAdmin,
-    mongo: Any,
-    db_name: str,
-) -> None:
-    database = mongo[db_name]
+def test_items_for_a_finished_push_change_nothing(parse_side: ParseSide, rabbit: RabbitAdmin) -> None:
+    database = parse_side.database
     database["_Installation"].insert_one(installation("ios"))
-    worker = worker_factory(make_settings(worker=WORKER, recording=RECORD_ALL))
+    worker = parse_side.start_worker()
     items = parse_accepts(database, "ParseQ0003", {"where": {}, "data": {"alert": "x"}}, batch_size=100)
     rabbit.publish_to_queue("parse", items)
     first = final_status(database, "ParseQ0003")
@@ -146,3 +153,21 @@ def test_items_for_a_finished_push_change_nothing(
     again = database["_PushStatus"].find_one({"_id": "ParseQ0003"})
     assert (again["status"], again["numSent"]) == (first["status"], first["numSent"]) == ("succeeded", 1)
     assert len(worker.delivered("ParseQ0003")) == 1
+
+
+def test_a_parse_push_whose_items_never_arrive_is_failed_by_the_watchdog(parse_side: ParseSide) -> None:
+    database = parse_side.database
+    database["_Installation"].insert_one(installation("ios"))
+    parse_accepts(
+        database, "ParseQ0004", {"where": {}, "data": {"alert": "lost"}}, batch_size=100
+    )  # not sent
+    database["_PushStatus"].update_one(
+        {"_id": "ParseQ0004"}, {"$set": {"_updated_at": datetime.now(UTC) - timedelta(seconds=30)}}
+    )
+    parse_accepts(database, "ParseQ0005", {"where": {}, "data": {"alert": "recent"}}, batch_size=100)
+    parse_side.start_worker(watchdog_interval_s=0.2, stalled_running_s=20)
+
+    row = final_status(database, "ParseQ0004")
+    assert row["status"] == "failed"
+    assert "none of its work items reached pushgw's fleet" in row["errorMessage"]["message"]
+    assert database["_PushStatus"].find_one({"_id": "ParseQ0005"})["status"] == "running"  # only 0 s idle
