@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pushgw import parse_quirks
 from pushgw.clock import Clock, SystemClock
 from pushgw.connections import Connections
+from pushgw.console import console_routes
 from pushgw.errors import InternalError, RequestError, RouteNotFound, StatusError
 from pushgw.intake import Intake, PushRequest
 from pushgw.logs import get_logger
@@ -35,7 +36,8 @@ def build_app(
     """The intake app. Without `connections` its lifespan opens and closes its own (serve, tests)."""
     gateway = _Gateway(settings, connections, clock or SystemClock())
     routes = [
-        Route("/{path:path}", gateway.dispatch, methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])
+        *console_routes(settings, gateway),
+        Route("/{path:path}", gateway.dispatch, methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     return ParseFront(Starlette(routes=routes, lifespan=gateway.lifespan), gateway, settings)
 

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from pymongo.errors import PyMongoError
 
 from ppns.server import run_node_until
-from pushgw import push_commands
+from pushgw import doctor, push_commands, send_command
 from pushgw.app import build_app
 from pushgw.clock import SystemClock
 from pushgw.connections import Connections
@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.log)
         return int(args.run(settings, args))
     except ConfigError as error:
+        if args.command == "doctor":
+            return doctor.config_failure(str(error))
         print(f"pushgw: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -62,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         _config_option(command)
         command.set_defaults(run=run)
     _push_commands(commands)
+    send = commands.add_parser("send", help="send a push through the intake and wait until it is final")
+    send_command.add_send_arguments(send)
+    check = commands.add_parser("doctor", help="check config, MongoDB, broker and every credential")
+    for command, action in ((send, run_send), (check, run_doctor)):
+        _config_option(command)
+        command.set_defaults(run=action)
     add_emulate_parser(commands)
     return parser
 
@@ -81,6 +89,11 @@ def _push_commands(commands: Any) -> None:
         "cancel", help="skip a push's remaining batches; status failed, reason cancelled"
     )
     cancel.add_argument("push_id")
+    listing = push.add_parser("list", help="recent pushes, newest first")
+    listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    listing.add_argument("--status", choices=["pending", "scheduled", "running", "succeeded", "failed"])
+    listing.add_argument("--app", metavar="ID", help="only this app")
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
     dlq = commands.add_parser("dlq", help="the dead-letter queue").add_subparsers(
         dest="action", required=True
     )
@@ -88,7 +101,7 @@ def _push_commands(commands: Any) -> None:
     replay = dlq.add_parser("replay", help="re-queue dead-lettered work items")
     replay.add_argument("ids", nargs="*", metavar="ID")
     replay.add_argument("--all", action="store_true", help="every item not yet finalized")
-    for command in (status, cancel, *dlq.choices.values()):
+    for command in (status, cancel, listing, *dlq.choices.values()):
         _config_option(command)
         command.set_defaults(run=run_operator)
 
@@ -112,6 +125,8 @@ async def _operator(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _operate(settings: Settings, args: argparse.Namespace, connections: Connections) -> int:
+    if args.command == "push" and args.action == "list":
+        return await send_command.list_pushes(with_dev_app(settings), connections, args)
     if args.command == "push" and args.action == "status":
         return await push_commands.push_status(settings, connections, args.push_id, wait=not args.no_wait)
     if args.command == "push":
@@ -119,6 +134,20 @@ async def _operate(settings: Settings, args: argparse.Namespace, connections: Co
     if args.action == "list":
         return await push_commands.dlq_list(settings, connections)
     return await push_commands.dlq_replay(settings, connections, args.ids, args.all)
+
+
+def run_send(settings: Settings, args: argparse.Namespace) -> int:
+    """`pushgw send`: exit 0 succeeded, 1 failed, 2 usage or config, 3 rejected by the intake."""
+    return _run(send_command.send_push(with_dev_app(settings), args))
+
+
+def run_doctor(settings: Settings, _: argparse.Namespace) -> int:
+    return doctor.print_checks(_run(doctor.run_checks(settings)))
+
+
+def with_dev_app(settings: Settings) -> Settings:
+    """Against `pushgw dev` (memory:// queue, no apps configured) the commands use its development app."""
+    return dev_settings(settings) if settings.queue.is_memory and not settings.apps else settings
 
 
 def run_serve(settings: Settings, _: argparse.Namespace) -> int:

@@ -127,6 +127,11 @@ def dev_banner(settings: Settings, providers: Sequence[str] = ()) -> str:
         "pushgw dev is running",
         f"  push:    {' '.join(base + mount + '/push' for mount in http.mounts)}",
         f"  health:  {base}/health   ready: {base}/ready   metrics: {base}/metrics",
+        *(
+            [f"  console: {base}{settings.console.path} (app id {app.app_id}, its master key)"]
+            if settings.console.enabled
+            else []
+        ),
         f"  mongo:   {mongo}",
         "  queue:   memory:// (in-process)",
         *providers,
