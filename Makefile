@@ -27,6 +27,9 @@ typecheck: $(VENV)/.installed
 pytest: $(VENV)/.installed
 	scripts/ensure-rabbitmq.sh
 	scripts/ensure-nghttp2.sh
+	scripts/ensure-chromium.sh
+	scripts/ensure-promtool.sh
+	scripts/ensure-parse-server.sh
 	$(BIN)/python -m pytest
 
 bench-intake: $(VENV)/.installed

@@ -9,6 +9,7 @@ from pymongo import AsyncMongoClient
 from pushgw.broker import Broker, create_broker
 from pushgw.mongo import Document, EmbeddedMongo, create_client
 from pushgw.settings import Settings
+from pushgw.tracing import configure_tracing
 
 
 @dataclass(slots=True)
@@ -19,7 +20,10 @@ class Connections:
 
     @classmethod
     async def open(cls, settings: Settings, broker: Broker | None = None) -> Connections:
-        """Start the embedded database if `mongo.uri` is unset, then connect; the broker may come up later."""
+        """Start the embedded database if `mongo.uri` is unset, then connect; the broker may come up later.
+
+        Also installs the trace exporter when `[tracing]` is enabled (once per process)."""
+        configure_tracing(settings.tracing)
         embedded = None
         uri = settings.mongo.uri
         if uri is None:

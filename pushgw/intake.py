@@ -26,6 +26,7 @@ from pushgw.push import Push, parse_push
 from pushgw.push_status import COLLECTION, InsertBatcher, fail_unstarted, new_object_id, new_status_document
 from pushgw.settings import AppSettings, Settings
 from pushgw.topology import PLAN
+from pushgw.tracing import current_traceparent, push_span
 
 log = get_logger(__name__)
 
@@ -103,6 +104,10 @@ class Intake:
             )
 
     async def _record_and_enqueue(self, app: AppSettings, push: Push, push_id: str) -> None:
+        with push_span("pushgw.intake", None, app_id=app.app_id, push_id=push_id):
+            await self._store_and_publish(app, push, push_id)
+
+    async def _store_and_publish(self, app: AppSettings, push: Push, push_id: str) -> None:
         now = self._clock.now()
         scheduled = push.push_time is not None and app.scheduled_push
         document = new_status_document(push_id, push, now=now, scheduled=scheduled)
@@ -189,6 +194,7 @@ def _plan_item(app: AppSettings, push: Push, push_id: str, *, now: Any, schedule
         expiration_interval_s=push.expiration_interval_s,
         options=push.options,
         accepted_at=now,
+        traceparent=current_traceparent(),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import AbstractContextManager
 from typing import Any
 
 import structlog
@@ -44,3 +45,8 @@ def redact(secret: str | None, keep: int = 4) -> str:
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def log_context(**fields: str) -> AbstractContextManager[Any]:
+    """Every log line inside the block, and in the tasks it starts, carries these fields (push_id, unit)."""
+    return structlog.contextvars.bound_contextvars(**fields)

@@ -48,6 +48,21 @@ PUSHES_FINISHED = Counter("pushgw_pushes_finished_total", "Pushes that reached a
 DEAD_LETTERS = Counter(
     "pushgw_dead_letters_total", "Work items that reached the dead-letter queue.", ["kind"]
 )
+DEAD_LETTERS_PENDING = Gauge(
+    "pushgw_dead_letters_pending",
+    "Dead-lettered work items neither replayed nor finalized yet, per app (set by every worker's watchdog).",
+    ["app_id"],
+)
+RUNNING_PUSH_IDLE_SECONDS = Gauge(
+    "pushgw_running_push_idle_seconds",
+    "Seconds since the least recently progressing running push last progressed (0: none running), per app.",
+    ["app_id"],
+)
+RUNNING_PUSHES_PAST_EXPIRY = Gauge(
+    "pushgw_running_pushes_past_expiry",
+    "Pushes still running although their expiration time has passed, per app (set by the watchdog).",
+    ["app_id"],
+)
 PARSE_ITEMS = Counter(
     "pushgw_parse_queue_items_total",
     "Parse Server push work items consumed: planned (handed to the planner) or ignored (push already final).",

@@ -134,6 +134,15 @@ class LogSettings(Section):
     format: Literal["json", "console"] = "json"
 
 
+class TracingSettings(Section):
+    """OpenTelemetry traces of each push (intake → plan → units), sent as OTLP over HTTP. Off by default."""
+
+    enabled: bool = False
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"  # an OpenTelemetry Collector, Jaeger, Tempo …
+    service_name: str = "pushgw"
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)  # share of pushes traced
+
+
 class ApnsSettings(Section):
     """One APNs credential: token auth (`.p8` + key id + team id) or a certificate (`.pem`/`.p12`),
     for the bundle ids (installation `appIdentifier`s) it serves, in one environment."""
@@ -215,7 +224,7 @@ class PpnsSettings(Section):
     backlog_cap: int = Field(default=100, ge=1)
     replay_without_last: Literal["retained", "unwritten", "none"] = "unwritten"
     node_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,100}$")  # default: host-pid-random
-    poll_interval_s: float = Field(default=5.0, gt=0)  # safety-net sweep of the backlog (live: node queue)
+    poll_interval_s: float = Field(default=30.0, gt=0)  # safety-net sweep of the backlog (live: node queue)
     poll_interval_without_broker_s: float = Field(default=0.25, gt=0)  # `queue.url = memory://`: no live path
     written_interval_s: float = Field(default=0.5, gt=0)  # `written_time` bulk updates
     metrics_host: str = "127.0.0.1"
@@ -236,6 +245,7 @@ class ConsoleSettings(Section):
     session_ttl_s: int = Field(default=8 * 3600, ge=60)
     recent_pushes: int = Field(default=25, ge=1, le=500)
     poll_interval_ms: int = Field(default=1000, ge=200)
+    cookie_secure: bool | None = None  # None: Secure when the request came over https
 
 
 class AppSettings(Section):
@@ -306,6 +316,7 @@ class Settings(BaseSettings):
     queue: QueueSettings = QueueSettings()
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
     worker: WorkerSettings = WorkerSettings()
     recording: RecordingSettings = RecordingSettings()
     ppns: PpnsSettings | None = None

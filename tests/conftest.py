@@ -6,6 +6,8 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.tcp_proxy",
     "tests.fixtures.processes",
+    "tests.fixtures.dev_gateway",
+    "tests.fixtures.browser",
     "tests.fixtures.fleet",
     "tests.fixtures.emulators",
     "tests.fixtures.ppns_devices",

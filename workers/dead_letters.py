@@ -69,6 +69,11 @@ class DeadLetters:
         log.error("work_item_dead_lettered", push_id=item.push_id, kind=item.kind, id=document["_id"])
         await delivery.ack()
 
+    async def count_pending(self, app_id: str) -> int:
+        """Entries still waiting for `pushgw dlq replay` or the grace period."""
+        pending = {"app_id": app_id, "finalized": False}
+        return await dead_collection(self._databases[app_id]).count_documents(pending)
+
     async def finalize_expired(self) -> None:
         """After the grace period a dead unit's devices count as failed (and a dead plan fails its push)."""
         cutoff = self._clock.now() - timedelta(seconds=self._settings.worker.dead_letter_grace_s)

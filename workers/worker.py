@@ -16,11 +16,12 @@ from pymongo.errors import PyMongoError
 from pushgw.broker import Consumer, Delivery, Handler, PublishError
 from pushgw.clock import Clock
 from pushgw.connections import Connections
-from pushgw.logs import get_logger
+from pushgw.logs import get_logger, log_context
 from pushgw.messages import PlanPush, SendBatch, UnknownWorkItem, parse_work_item
 from pushgw.mongo import app_database
 from pushgw.settings import Settings
 from pushgw.topology import PARSE, PLAN, SEND
+from pushgw.tracing import push_span
 from workers.dead_letters import DEAD_ROUTE, DeadLetters
 from workers.parse_queue import ParseQueue
 from workers.periodic import run_every
@@ -141,7 +142,17 @@ class Worker:
     ) -> None:
         unit = item.unit if isinstance(item, SendBatch) else "plan"
         try:
-            await run()
+            with (
+                log_context(push_id=item.push_id, unit=unit),
+                push_span(
+                    f"pushgw.{item.kind}",
+                    item.traceparent,
+                    app_id=item.app_id,
+                    push_id=item.push_id,
+                    unit=unit,
+                ),
+            ):
+                await run()
         except asyncio.CancelledError:
             raise  # draining: leave the delivery unacked for another worker
         except _INFRA_ERRORS as error:

@@ -1,0 +1,62 @@
+"""With `[tracing]` on, one push is one trace: the intake's span, its plan's span, one span per unit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from pushgw.messages import PlanPush, parse_work_item
+from pushgw.settings import Settings, TracingSettings
+from pushgw.tracing import configure_tracing, current_traceparent, push_span, shutdown_tracing
+from tests.fixtures.fleet import RunningWorker
+from tests.fixtures.gateway import RunningGateway, SettingsFactory
+from tests.fixtures.parse_data import installation
+from tests.integration.test_fleet import FLEET, RECORD_ALL, final_status, send
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    configure_tracing(TracingSettings(enabled=True), exporter)
+    yield exporter
+    shutdown_tracing()
+
+
+def test_tracing_off_costs_nothing_and_propagates_nothing() -> None:
+    with push_span("pushgw.intake", None, push_id="p1"):
+        assert current_traceparent() is None
+    item = PlanPush(app_id="a", push_id="p1", where={}, data={}, accepted_at=datetime.now(UTC))
+    assert b"traceparent" not in item.to_bytes()  # what workers of the previous release read
+    traced = item.model_copy(update={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
+    assert parse_work_item(traced.to_bytes()) == traced
+
+
+def test_one_push_is_one_trace_from_intake_through_its_units(
+    spans: InMemorySpanExporter,
+    make_settings: SettingsFactory,
+    gateway_factory: Callable[[Settings], RunningGateway],
+    worker_factory: Callable[..., RunningWorker],
+    mongo: Any,
+    db_name: str,
+) -> None:
+    mongo[db_name]["_Installation"].insert_many([installation("ios") for _ in range(5)])
+    settings = make_settings(worker=FLEET, recording=RECORD_ALL)  # batch_size 3: two send units
+    gateway, _ = gateway_factory(settings), worker_factory(settings)
+    push_id = send(gateway, {"where": {}, "data": {"alert": "x"}})
+    assert final_status(mongo, db_name, push_id)["status"] == "succeeded"
+
+    finished = [span for span in spans.get_finished_spans() if span.attributes["pushgw.push_id"] == push_id]
+    by_name: dict[str, list[Any]] = {}
+    for span in finished:
+        by_name.setdefault(span.name, []).append(span)
+    [intake], [plan] = by_name["pushgw.intake"], by_name["pushgw.plan_push"]
+    units = by_name["pushgw.send_batch"]
+    assert sorted(span.attributes["pushgw.unit"] for span in units) == ["all-b0", "all-b1"]
+    assert intake.parent is None
+    assert plan.parent.span_id == intake.context.span_id
+    assert {span.parent.span_id for span in units} == {plan.context.span_id}
+    assert {span.context.trace_id for span in finished} == {intake.context.trace_id}
