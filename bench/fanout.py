@@ -51,7 +51,6 @@ import uvloop
 from aio_pika.abc import AbstractRobustConnection
 from harness import (
     BenchError,
-    busy_percent,
     cpu_seconds,
     free_port,
     json_safe,
@@ -59,7 +58,9 @@ from harness import (
     machine_busy_seconds,
     rabbitmq_pid,
     raise_interrupt,
+    stop_process,
     tail,
+    wait_for_quiet,
 )
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -92,7 +93,6 @@ TARGET_SHARE, TARGET_GROWTH_SLACK = 0.80, 1.10  # 200k ≤ 2.2 × 100k: size rat
 TARGET_TX_RATE, TARGET_TX_P99_MS = 500.0, 150.0
 PROFILE_RATE_HZ = 100
 FOREIGN_CPU_WARNING = 20.0  # % of one core used by processes this bench did not start
-QUIET_BUSY_PERCENT = 15.0  # % of one core: "idle machine" for --wait-quiet
 DEVICE_TYPES = ("ios", "android")
 TIME_ZONES = ("Europe/Berlin", "America/New_York", "Asia/Tokyo", "UTC", "America/Los_Angeles")
 LOCALES = ("en-US", "de-DE", "ja-JP", "fr-FR", "pt-BR")
@@ -177,18 +177,6 @@ async def wait_until(
         await asyncio.sleep(0.05)  # poll interval while a child starts
 
 
-def stop_process(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
-    """SIGTERM (or `sig`), wait, SIGKILL on timeout."""
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(sig)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 async def start_secantus(stack: Stack) -> None:
     stack.mongo_port = free_port()
     storage, log = stack.tmp / "mongo", stack.tmp / "secantus.log"
@@ -263,7 +251,9 @@ async def start_workers(stack: Stack, store: str, count: int = 2) -> None:
 
 
 async def stop_workers(stack: Stack) -> None:
-    await asyncio.gather(*(asyncio.to_thread(stop_process, worker) for worker in stack.workers))
+    await asyncio.gather(
+        *(asyncio.to_thread(stop_process, worker, STOP_TIMEOUT_S) for worker in stack.workers)
+    )
     stack.workers.clear()
     deadline = time.monotonic() + START_TIMEOUT_S
     while await consumer_count(stack, PLAN) or await consumer_count(stack, SEND):
@@ -303,9 +293,9 @@ async def delete_topology(stack: Stack) -> None:
 def teardown(stack: Stack, runner: asyncio.Runner) -> None:
     """Profilers, workers and gateway first (they would redeclare queues), then queues, clients, database."""
     for profiler in stack.profilers:
-        stop_process(profiler, signal.SIGINT)
+        stop_process(profiler, STOP_TIMEOUT_S, signal.SIGINT)
     for process in [*stack.workers, stack.gateway]:
-        stop_process(process)
+        stop_process(process, STOP_TIMEOUT_S)
     try:
         runner.run(asyncio.wait_for(delete_topology(stack), STOP_TIMEOUT_S))
     except (OSError, aio_pika.exceptions.AMQPError, RuntimeError, TimeoutError) as error:
@@ -313,7 +303,7 @@ def teardown(stack: Stack, runner: asyncio.Runner) -> None:
     if stack.client is not None:
         with contextlib.suppress(Exception):  # a dead or stuck database must not keep the bench alive
             runner.run(asyncio.wait_for(stack.client.close(), 10))
-    stop_process(stack.mongo)
+    stop_process(stack.mongo, STOP_TIMEOUT_S)
 
 
 # ---------------------------------------------------------------- HTTP: a minimal keep-alive HTTP/1.1 client
@@ -597,7 +587,7 @@ def stop_profilers(stack: Stack, profiles: Profiles) -> dict[str, Any] | None:
     if not profiles:
         return None
     for profiler in stack.profilers:
-        stop_process(profiler, signal.SIGINT)  # py-spy writes its file on Ctrl-C
+        stop_process(profiler, STOP_TIMEOUT_S, signal.SIGINT)  # py-spy writes its file on Ctrl-C
     stack.profilers.clear()
     now = time.monotonic()
     return {
@@ -1280,18 +1270,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def wait_for_quiet(max_wait_s: float) -> float:
-    """Before anything starts: poll (up to `max_wait_s`) until other processes leave the machine quiet."""
-    deadline = time.monotonic() + max_wait_s
-    busy = busy_percent()
-    while busy > QUIET_BUSY_PERCENT and time.monotonic() < deadline:
-        say(f"machine {busy:.0f} % of a core busy; waiting for quiet (up to {max_wait_s:g} s)")
-        busy = busy_percent()
-    if busy > QUIET_BUSY_PERCENT:
-        say(f"!!! machine {busy:.0f} % of a core busy before start: other processes will disturb this run")
-    return busy
-
-
 def keep_logs(tmp: Path, directory: Path | None) -> None:
     if directory is None:
         return
@@ -1328,7 +1306,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, raise_interrupt)
-    args.busy_before_start = wait_for_quiet(args.wait_quiet)
+    args.busy_before_start = wait_for_quiet(args.wait_quiet, say)
     stack = Stack(
         Path(tempfile.mkdtemp(prefix="pushgw-fanout-")), mongo_timeout_ms=args.mongo_timeout_ms or None
     )

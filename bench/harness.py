@@ -9,8 +9,11 @@ import contextlib
 import importlib
 import math
 import os
+import signal
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,11 @@ __all__ = [
     "machine_busy_seconds",
     "rabbitmq_pid",
     "raise_interrupt",
+    "stop_process",
     "tail",
+    "wait_for_quiet",
 ]
+QUIET_BUSY_PERCENT = 15.0  # % of one core: an "idle machine" before a bench starts
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -97,3 +103,30 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(item) for item in value]
     return value if isinstance(value, str | int | float | bool | None) else str(value)
+
+
+def stop_process(
+    process: subprocess.Popen[bytes] | None, timeout_s: float, sig: int = signal.SIGTERM
+) -> None:
+    """SIGTERM (or `sig`), wait up to `timeout_s`, then SIGKILL."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_for_quiet(max_wait_s: float, say: Callable[[str], None]) -> float:
+    """Before anything starts: poll (up to `max_wait_s`) until other processes leave the machine quiet;
+    the busy percentage it found, announced with `say` when it is still above the quiet level."""
+    deadline = time.monotonic() + max_wait_s
+    busy = busy_percent()
+    while busy > QUIET_BUSY_PERCENT and time.monotonic() < deadline:
+        say(f"machine {busy:.0f} % of a core busy; waiting for quiet (up to {max_wait_s:g} s)")
+        busy = busy_percent()
+    if busy > QUIET_BUSY_PERCENT:
+        say(f"!!! machine {busy:.0f} % of a core busy before start: other processes will disturb this run")
+    return busy

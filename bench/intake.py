@@ -39,14 +39,15 @@ import uvloop
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from harness import (
     BenchError,
-    busy_percent,
     cpu_seconds,
     free_port,
     latency_text,
     machine_busy_seconds,
     rabbitmq_pid,
     raise_interrupt,
+    stop_process,
     tail,
+    wait_for_quiet,
 )
 from pamqp.commands import Basic
 from pymongo import AsyncMongoClient, MongoClient
@@ -69,7 +70,6 @@ CEILING_ROUTE = "ceiling"
 CEILING_WARMUP_S = 1.0
 TARGET_RATE, TARGET_P99_MS, TARGET_SHARE = 800.0, 50.0, 0.60
 PROFILE_RATE_HZ = 100
-QUIET_BUSY_PERCENT = 15.0  # % of one core
 FOREIGN_CPU_WARNING = 20.0  # % of one core used by processes this bench did not start
 START_TIMEOUT_S, STOP_TIMEOUT_S, VERIFY_TIMEOUT_S = 30.0, 30.0, 15.0
 Operation = Callable[[], Awaitable[object]]
@@ -172,25 +172,13 @@ def gateway_ready(port: int) -> bool:
         connection.close()
 
 
-def stop_process(process: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM, wait, SIGKILL on timeout."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def teardown(stack: Stack) -> None:
-    stop_process(stack.gateway)  # first: a running gateway would declare its topology again
+    stop_process(stack.gateway, STOP_TIMEOUT_S)  # first: a running gateway would declare its topology again
     try:
         asyncio.run(delete_topology(*topology_names(stack)))
     except (OSError, aio_pika.exceptions.AMQPError) as error:
         print(f"WARNING: could not delete queues {stack.prefix}.*: {error}", file=sys.stderr)
-    stop_process(stack.mongo)
+    stop_process(stack.mongo, STOP_TIMEOUT_S)
 
 
 def topology_names(stack: Stack) -> tuple[list[str], list[str]]:
@@ -549,7 +537,7 @@ def finish_profiler(profiler: subprocess.Popen[bytes], path: Path, duration_s: f
     try:
         profiler.wait(timeout=START_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        stop_process(profiler)
+        stop_process(profiler, STOP_TIMEOUT_S)
     if not path.exists():
         stderr = profiler.stderr.read().decode(errors="replace") if profiler.stderr else ""
         return {"error": f"py-spy wrote nothing: {stderr.strip()[:300]}"}
@@ -727,20 +715,8 @@ def say(text: str) -> None:
     print(f"[bench] {text}", file=sys.stderr, flush=True)
 
 
-def wait_for_quiet(max_wait_s: float) -> float:
-    """Before anything starts: poll (up to `max_wait_s`) until other processes leave the machine quiet."""
-    deadline = time.monotonic() + max_wait_s
-    busy = busy_percent()
-    while busy > QUIET_BUSY_PERCENT and time.monotonic() < deadline:
-        say(f"machine already {busy:.0f} % of a core busy; waiting for quiet (up to {max_wait_s:g} s)")
-        busy = busy_percent()
-    if busy > QUIET_BUSY_PERCENT:
-        say(f"!!! machine {busy:.0f} % of a core busy before start: other processes will disturb this run")
-    return busy
-
-
 def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
-    args.busy_before_start = wait_for_quiet(args.wait_quiet)
+    args.busy_before_start = wait_for_quiet(args.wait_quiet, say)
     say(f"starting SecantusDB (storage {stack.tmp / 'mongo'})")
     start_secantus(stack)
     say(f"starting pushgw serve (queue prefix {stack.prefix})")
@@ -748,7 +724,7 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         gateway = runner.run(measure_gateway(stack, args))
         say("stopping pushgw: no gateway and no load while the ceiling is measured")
-        stop_process(stack.gateway)
+        stop_process(stack.gateway, STOP_TIMEOUT_S)
         verified = runner.run(verify(stack, gateway["warmup_accepted"] + gateway["accepted"]))
         ceiling = runner.run(measure_ceiling(stack, args))
     return assemble(args, stack, gateway, verified, ceiling)

@@ -71,13 +71,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import (
     BenchError,
-    busy_percent,
     cpu_seconds,
     free_port,
     json_safe,
     machine_busy_seconds,
     raise_interrupt,
     tail,
+    wait_for_quiet,
 )
 
 from pushgw.messages import Device
@@ -97,7 +97,6 @@ AIOAPNS_REFERENCE = {"clean": 3_022, "bad5_throttle": 27}  # providers.md §1.5 
 REQUEST_TIMEOUT_S = 10.0  # ApnsSettings.request_timeout_s's default
 PASS_GRACE_S = 30.0  # after --max-seconds, in-flight units get this long before the pass is cut off
 FOREIGN_CPU_WARNING = 20.0
-QUIET_BUSY_PERCENT = 15.0
 START_TIMEOUT_S, STOP_TIMEOUT_S = 60.0, 15.0
 SINK_STREAMS = 1000  # nghttpd's SETTINGS_MAX_CONCURRENT_STREAMS (APNs announces 500-1500)
 H2LOAD_CLIENTS, H2LOAD_STREAMS = 4, 100  # like the provider: 4 main connections, ≤ 400 requests in flight
@@ -1061,17 +1060,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def wait_for_quiet(max_wait_s: float) -> float:
-    deadline = time.monotonic() + max_wait_s
-    busy = busy_percent()
-    while busy > QUIET_BUSY_PERCENT and time.monotonic() < deadline:
-        say(f"machine {busy:.0f} % of a core busy; waiting for quiet (up to {max_wait_s:g} s)")
-        busy = busy_percent()
-    if busy > QUIET_BUSY_PERCENT:
-        say(f"!!! machine {busy:.0f} % of a core busy before start: other processes will disturb this run")
-    return busy
-
-
 def keep_logs(tmp: Path, directory: Path | None) -> None:
     if directory is None:
         return
@@ -1111,7 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (SIG_IGN)
-    busy_before = wait_for_quiet(args.wait_quiet)
+    busy_before = wait_for_quiet(args.wait_quiet, say)
     stack = Stack(Path(tempfile.mkdtemp(prefix="pushgw-providers-")))
     note = (f"{args.devices:,} devices per pass after {args.warmup:,} warm-up; prefetch {args.prefetch} × batch "
             f"{args.batch}, chunks of {args.chunk}; one uvloop worker process; the server in its own process; "

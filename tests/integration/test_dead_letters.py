@@ -76,7 +76,12 @@ def test_dead_unit_is_counted_failed_after_the_grace_period(
     row = final_status(mongo, db_name, push_id, timeout_s=60)
     assert (row["status"], row["numSent"], row["numFailed"]) == ("succeeded", 1, 1)
     assert row["failedPerReason"] == {"dead-lettered": 1}
-    assert [entry["finalized"] for entry in dead_entries(mongo, db_name)] == [True]
+    # The entry is marked finalized right after the push's counts are written: wait for that write too.
+    until(
+        lambda: [entry["finalized"] for entry in dead_entries(mongo, db_name)] == [True],
+        timeout_s=10,
+        what="the dead entry to be marked finalized",
+    )
 
 
 def test_unreadable_message_is_dead_lettered_not_retried(
