@@ -150,10 +150,12 @@ class Planner:
         if only_batch is not None and await self._send_only_batch(only_batch, app, database, store):
             metrics.PUSHES_FINISHED.labels("succeeded").inc()
             log.info("push_planned", push_id=item.push_id, plan=key, devices=devices, sent_inline=True)
+            log.info("push_succeeded", push_id=item.push_id)
             return
         await store.finish_plan(item.push_id, key, self._owner, devices)
-        if await store.try_finalize(item.push_id):
+        if await store.try_finalize(item.push_id):  # every unit was counted before the plan finished
             metrics.PUSHES_FINISHED.labels("succeeded").inc()
+            log.info("push_succeeded", push_id=item.push_id)
         log.info("push_planned", push_id=item.push_id, plan=key, devices=devices)
 
     async def _send_only_batch(
