@@ -71,7 +71,7 @@ async def wait_listening(port: int) -> None:
         except OSError:
             if time.monotonic() > deadline:
                 raise
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # poll interval while nghttpd starts, up to the deadline
         else:
             writer.close()
             await writer.wait_closed()
@@ -86,8 +86,13 @@ async def run_case(port: int, cert: Path, connections: int, concurrency: int, du
     state = {"measuring": False, "stop": False}
     body = BODY if method == b"POST" else b""
 
+    senders_total = connections * concurrency
+    warm: set[int] = set()  # senders that have had an answer: every connection is open, its tables filled
+    warmed = asyncio.Event()
+
     async def sender() -> None:
         clock = time.perf_counter
+        me = id(asyncio.current_task())
         while not state["stop"]:
             headers = [
                 (b"authorization", JWT), (b"apns-topic", b"com.example.app"), (b"apns-push-type", b"alert"),
@@ -100,13 +105,18 @@ async def run_case(port: int, cert: Path, connections: int, concurrency: int, du
             except Http2Error as error:
                 errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
                 continue
+            if not warmed.is_set():
+                warm.add(me)
+                if len(warm) == senders_total:
+                    warmed.set()
             if state["measuring"]:
                 latencies.append(clock() - started)
                 if response.status != 200:
                     errors[f"HTTP {response.status}"] = errors.get(f"HTTP {response.status}", 0) + 1
 
-    senders = [asyncio.create_task(sender()) for _ in range(connections * concurrency)]
-    await asyncio.sleep(1.0)  # warm-up: connections open, tables fill
+    senders = [asyncio.create_task(sender()) for _ in range(senders_total)]
+    async with asyncio.timeout(30):
+        await warmed.wait()  # warm-up: every sender has had an answer
     state["measuring"] = True
     cpu_before, server_before, started = time.process_time(), cpu_s(server_pid), time.perf_counter()
     await asyncio.sleep(duration_s)  # the measuring window itself

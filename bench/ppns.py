@@ -219,7 +219,7 @@ class LoadGen:
         while time.monotonic() < deadline:
             if all(self.pushes.get(p, [0])[0] >= expect for p in push_ids):
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # poll interval, up to the deadline above
         return {p: self.pushes.get(p, [0, None, None]) for p in push_ids}
 
 
@@ -351,7 +351,7 @@ async def wait_until(check: Any, what: str, process: subprocess.Popen[bytes], ti
             raise BenchError(f"{what}: process exited with {process.returncode}")
         if time.monotonic() > deadline:
             raise BenchError(f"{what}: not within {timeout_s:.0f} s")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # poll interval, up to the deadline above
 
 
 async def wait_quiet(
