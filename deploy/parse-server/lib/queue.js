@@ -29,6 +29,42 @@ function backoffMs(failures, options) {
   return Math.round(base * (0.75 + Math.random() * 0.5));
 }
 
+/** One pending retry at a time; its delay grows with every failure since the last `succeeded()`. */
+class Backoff {
+  constructor(options, run) {
+    this.options = options;
+    this.run = run;
+    this.failures = 0;
+    this.timer = null;
+  }
+
+  get pending() {
+    return this.timer !== null;
+  }
+
+  /** Schedules `run` after the next delay; returns that delay, or null if one is already pending. */
+  schedule() {
+    if (this.timer) return null;
+    this.failures += 1;
+    const delay = backoffMs(this.failures, this.options);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.run();
+    }, delay);
+    this.timer.unref();
+    return delay;
+  }
+
+  succeeded() {
+    this.failures = 0;
+  }
+
+  cancel() {
+    clearTimeout(this.timer);
+    this.timer = null;
+  }
+}
+
 class PushgwQueue {
   constructor(options = {}) {
     if (!options.url) throw new Error('pushgwQueueAdapter: `url` (amqp://…) is required');
@@ -38,14 +74,12 @@ class PushgwQueue {
     this.items = []; // {seq, channel, message, messageId, inFlight, attempt, returned}, oldest first
     this.nextSeq = 1;
     this.inFlight = 0;
-    this.connectFailures = 0;
-    this.sendFailures = 0;
     this.connection = null;
     this.channel = null;
     this.connecting = false;
     this.blocked = false;
-    this.retryTimer = null;
-    this.reconnectTimer = null;
+    this.retry = new Backoff(this.options, () => this._pump());
+    this.reconnect = new Backoff(this.options, () => this._connect());
     this.closed = false;
     this.flushWaiters = [];
     this.spool = this.options.spoolDir ? new Spool(this.options.spoolDir, this.routingKey) : null;
@@ -93,8 +127,8 @@ class PushgwQueue {
   /** Stops retrying and closes the connection; unconfirmed items stay in the spool file, if any. */
   async close() {
     this.closed = true;
-    clearTimeout(this.retryTimer);
-    clearTimeout(this.reconnectTimer);
+    this.retry.cancel();
+    this.reconnect.cancel();
     const { channel, connection } = this;
     this.channel = null;
     this.connection = null;
@@ -145,7 +179,7 @@ class PushgwQueue {
       this._connect();
       return;
     }
-    if (this.retryTimer) return;
+    if (this.retry.pending) return;
     for (const item of this.items) {
       if (this.inFlight >= this.options.maxInFlight || this.blocked || !this.channel) break;
       if (!item.inFlight) this._send(item);
@@ -193,7 +227,7 @@ class PushgwQueue {
       return;
     }
     this.items.splice(this.items.indexOf(item), 1);
-    this.sendFailures = 0;
+    this.retry.succeeded();
     this._spoolConfirm(item.seq);
     if (this.items.length === 0) this._wakeFlushers();
     this._pump();
@@ -206,15 +240,8 @@ class PushgwQueue {
   }
 
   _retryLater(reason) {
-    if (this.retryTimer || this.closed) return;
-    this.sendFailures += 1;
-    const delay = backoffMs(this.sendFailures, this.options);
-    this._log('warn', `${reason}; ${this.items.length} pending, retrying in ${delay} ms`);
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = null;
-      this._pump();
-    }, delay);
-    this.retryTimer.unref();
+    const delay = this.closed ? null : this.retry.schedule();
+    if (delay !== null) this._log('warn', `${reason}; ${this.items.length} pending, retrying in ${delay} ms`);
   }
 
   _wakeFlushers() {
@@ -228,7 +255,7 @@ class PushgwQueue {
 
   // -- connection ---------------------------------------------------------------------------------
   async _connect() {
-    if (this.connecting || this.channel || this.reconnectTimer || this.closed) return;
+    if (this.connecting || this.channel || this.reconnect.pending || this.closed) return;
     this.connecting = true;
     let connection = null;
     try {
@@ -247,7 +274,7 @@ class PushgwQueue {
       }
       this.connection = connection;
       this.channel = channel;
-      this.connectFailures = 0;
+      this.reconnect.succeeded();
       this._log('info', `connected to ${redactUrl(this.options.url)}, publishing to ${this.routingKey}`);
     } catch (error) {
       if (connection) connection.close().catch(() => undefined);
@@ -275,15 +302,8 @@ class PushgwQueue {
   }
 
   _reconnectLater(reason) {
-    if (this.closed || this.reconnectTimer) return;
-    this.connectFailures += 1;
-    const delay = backoffMs(this.connectFailures, this.options);
-    this._log('warn', `${reason}; ${this.items.length} pending, reconnecting in ${delay} ms`);
-    this.reconnectTimer = setTimeout(() => {
-      this.reconnectTimer = null;
-      this._connect();
-    }, delay);
-    this.reconnectTimer.unref();
+    const delay = this.closed ? null : this.reconnect.schedule();
+    if (delay !== null) this._log('warn', `${reason}; ${this.items.length} pending, reconnecting in ${delay} ms`);
   }
 
   _log(level, text) {
