@@ -51,12 +51,12 @@ import uvloop
 from aio_pika.abc import AbstractRobustConnection
 from harness import (
     BenchError,
+    CpuMeter,
     cpu_seconds,
     free_port,
     json_safe,
+    keep_logs,
     latency_text,
-    machine_busy_seconds,
-    rabbitmq_pid,
     raise_interrupt,
     stop_process,
     tail,
@@ -494,24 +494,6 @@ async def drain(
 
 
 # ---------------------------------------------------------------- measuring helpers
-
-
-class CpuMeter:
-    """CPU time of our processes, RabbitMQ and the whole machine over a window, in % of one core."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        rabbit = rabbitmq_pid()
-        self._pids = pids if rabbit is None else {**pids, "rabbitmq": rabbit}
-        self._wall = time.monotonic()
-        self._before = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
-        self._machine = machine_busy_seconds()
-
-    def percent(self) -> dict[str, float]:
-        wall = time.monotonic() - self._wall
-        used = {name: cpu_seconds(pid) - self._before[name] for name, pid in self._pids.items()}
-        used["machine"] = machine_busy_seconds() - self._machine
-        used["foreign"] = max(0.0, used["machine"] - sum(used[name] for name in self._pids))
-        return {name: round(100 * seconds / wall, 1) for name, seconds in used.items()}
 
 
 def ranks_ms(latencies_s: list[float]) -> dict[str, float]:
@@ -1270,15 +1252,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def keep_logs(tmp: Path, directory: Path | None) -> None:
-    if directory is None:
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    for log in [*tmp.glob("*.log"), *tmp.glob("*.toml")]:
-        shutil.copy2(log, directory / log.name)
-    say(f"logs and configs copied to {directory}")
-
-
 def run_all(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> int | None:
     """Run, then tear down whatever happened; an exit code if the run did not get to its end."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -1296,7 +1269,7 @@ def run_all(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> 
             say("stopping processes, deleting queues and the temp dir")
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # teardown is bounded; let it finish
             teardown(stack, runner)
-            keep_logs(stack.tmp, args.keep_logs)
+            keep_logs(stack.tmp, args.keep_logs, ("*.log", "*.toml"), say)
             shutil.rmtree(stack.tmp, ignore_errors=True)
     return None
 

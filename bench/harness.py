@@ -9,6 +9,7 @@ import contextlib
 import importlib
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,10 +24,12 @@ __all__ = [
     "REPO",
     "TICKS_PER_S",
     "BenchError",
+    "CpuMeter",
     "busy_percent",
     "cpu_seconds",
     "free_port",
     "json_safe",
+    "keep_logs",
     "latency_text",
     "machine_busy_seconds",
     "rabbitmq_pid",
@@ -130,3 +133,34 @@ def wait_for_quiet(max_wait_s: float, say: Callable[[str], None]) -> float:
     if busy > QUIET_BUSY_PERCENT:
         say(f"!!! machine {busy:.0f} % of a core busy before start: other processes will disturb this run")
     return busy
+
+
+class CpuMeter:
+    """CPU time of named processes, RabbitMQ (when it runs) and the whole machine over a window, in % of
+    one core. `foreign` is what the rest of the machine used: much of it means a disturbed run."""
+
+    def __init__(self, pids: dict[str, int], *, rabbitmq: bool = True) -> None:
+        rabbit = rabbitmq_pid() if rabbitmq else None
+        self._pids = pids if rabbit is None else {**pids, "rabbitmq": rabbit}
+        self._wall = time.monotonic()
+        self._before = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        self._machine = machine_busy_seconds()
+
+    def percent(self) -> dict[str, float]:
+        wall = time.monotonic() - self._wall
+        used = {name: cpu_seconds(pid) - self._before[name] for name, pid in self._pids.items()}
+        used["machine"] = machine_busy_seconds() - self._machine
+        used["foreign"] = max(0.0, used["machine"] - sum(used[name] for name in self._pids))
+        return {name: round(100 * seconds / wall, 1) for name, seconds in used.items()}
+
+
+def keep_logs(
+    tmp: Path, directory: Path | None, patterns: tuple[str, ...], say: Callable[[str], None]
+) -> None:
+    """Copy the run's files matching `patterns` out of its temp dir before it is deleted."""
+    if directory is None:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in [found for pattern in patterns for found in tmp.glob(pattern)]:
+        shutil.copy2(path, directory / path.name)
+    say(f"{', '.join(patterns)} copied to {directory}")

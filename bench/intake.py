@@ -39,11 +39,9 @@ import uvloop
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from harness import (
     BenchError,
-    cpu_seconds,
+    CpuMeter,
     free_port,
     latency_text,
-    machine_busy_seconds,
-    rabbitmq_pid,
     raise_interrupt,
     stop_process,
     tail,
@@ -252,27 +250,6 @@ class Load(Timing):
             self.fail("200 with another body", body)
         else:
             self.latencies.append(seconds)
-
-
-class CpuMeter:
-    """CPU time of our processes, RabbitMQ and the whole machine over a window, in % of one core.
-
-    `foreign` is what the rest of the machine used (other people's processes): much of it means a noisy run.
-    """
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        rabbit = rabbitmq_pid()
-        self._pids = pids if rabbit is None else {**pids, "rabbitmq": rabbit}
-        self._wall = time.monotonic()
-        self._before = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
-        self._machine = machine_busy_seconds()
-
-    def percent(self) -> dict[str, float]:
-        wall = time.monotonic() - self._wall
-        used = {name: cpu_seconds(pid) - self._before[name] for name, pid in self._pids.items()}
-        used["machine"] = machine_busy_seconds() - self._machine
-        used["foreign"] = max(0.0, used["machine"] - sum(used[name] for name in self._pids))
-        return {name: round(100 * seconds / wall, 1) for name, seconds in used.items()}
 
 
 # ---------------------------------------------------------------- the HTTP load generator

@@ -72,10 +72,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import (
     BenchError,
-    cpu_seconds,
+    CpuMeter,
     free_port,
     json_safe,
-    machine_busy_seconds,
+    keep_logs,
     raise_interrupt,
     tail,
     wait_for_quiet,
@@ -143,23 +143,6 @@ def apns_body() -> bytes:
 
 
 # ---------------------------------------------------------------- CPU
-
-
-class CpuMeter:
-    """CPU of named processes and of the machine over a window, in % of one core; `foreign` = the rest."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self._pids = pids
-        self._wall = time.monotonic()
-        self._before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        self._machine = machine_busy_seconds()
-
-    def percent(self) -> dict[str, float]:
-        wall = time.monotonic() - self._wall
-        used = {name: cpu_seconds(pid) - self._before[name] for name, pid in self._pids.items()}
-        used["machine"] = machine_busy_seconds() - self._machine
-        used["foreign"] = max(0.0, used["machine"] - sum(used[name] for name in self._pids))
-        return {name: round(100 * seconds / wall, 1) for name, seconds in used.items()}
 
 
 # ---------------------------------------------------------------- worker process
@@ -271,7 +254,9 @@ async def measure_pass(
     sender: Any, items: list[Notification], spec: dict[str, Any], number: int
 ) -> dict[str, Any]:
     before = await emulator_stats(spec)
-    meter = CpuMeter({"worker": os.getpid(), "server": spec["server_pid"], "bench": spec["bench_pid"]})
+    meter = CpuMeter(
+        {"worker": os.getpid(), "server": spec["server_pid"], "bench": spec["bench_pid"]}, rabbitmq=False
+    )
     started = time.perf_counter()
     tally = await drive(sender, items, spec, time.monotonic() + spec["max_seconds"])
     seconds = time.perf_counter() - started
@@ -685,7 +670,7 @@ def h2load(
                "-t", "1", "-d", str(body), "-i", str(uris)]  # fmt: skip
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
-    meter = CpuMeter({"server": server_pid, "bench": os.getpid()})
+    meter = CpuMeter({"server": server_pid, "bench": os.getpid()}, rabbitmq=False)
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600).stdout
@@ -1064,15 +1049,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def keep_logs(tmp: Path, directory: Path | None) -> None:
-    if directory is None:
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    for log in [*tmp.glob("*.log"), *tmp.glob("*.json")]:
-        shutil.copy2(log, directory / log.name)
-    say(f"logs, specs and results copied to {directory}")
-
-
 def run_all(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> int | None:
     """Run, then stop every child and remove the temp dir whatever happened; an exit code if it stopped early."""
     try:
@@ -1087,7 +1063,7 @@ def run_all(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> 
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # teardown is bounded; let it finish
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         stack.stop_all()
-        keep_logs(stack.tmp, args.keep_logs)
+        keep_logs(stack.tmp, args.keep_logs, ("*.log", "*.json"), say)
         shutil.rmtree(stack.tmp, ignore_errors=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     return None
