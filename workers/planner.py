@@ -8,7 +8,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import pymongo
 from pymongo.asynchronous.collection import AsyncCollection
@@ -30,23 +30,10 @@ from pushgw.tracing import current_traceparent
 from workers.audience import ClassSchema, QueryError, conjoin, translate_where
 from workers.badge import BadgeError, badge_rule
 from workers.providers.provider import TOKEN_TRANSPORTS, transport_for
+from workers.sender import Sender
 
 log = get_logger(__name__)
 _CURSOR_BATCH = 2000
-
-
-class OnlyBatchSender(Protocol):
-    async def send_only_batch(
-        self,
-        item: SendBatch,
-        app: AppSettings,
-        database: AsyncDatabase[Document],
-        store: StatusStore,
-        owner: str,
-    ) -> bool:
-        """Send a push's only batch and finish the push in one write; False if it must be finished the
-        ordinary way (its unit recorded, some devices deferred, or another plan still running)."""
-        ...
 
 
 _PROJECTION = {
@@ -103,7 +90,7 @@ class Planner:
     """Reads each push's audience once and publishes it as send batches; resumable and single-owner."""
 
     def __init__(
-        self, settings: WorkerSettings, broker: Broker, clock: Clock, owner: str, sender: OnlyBatchSender
+        self, settings: WorkerSettings, broker: Broker, clock: Clock, owner: str, sender: Sender
     ) -> None:
         self._settings = settings
         self._broker = broker
