@@ -96,12 +96,13 @@ class Watchdog:
                 f"stalled: no progress for {worker.stalled_running_s:g}s; {counted}",
             )
 
-        # A push Parse Server set running (route C: its own intake and queue) whose work items never
-        # reached the fleet has no `pushgw` field at all; Parse bumps `_updated_at` on every batch it
-        # tracks, so this also ends a push stuck in Parse's own pipeline (contract §16, "stuck running").
+        # A push Parse Server set running (route C: its own intake and queue) that no planner ever claimed
+        # has no `pushgw.progress_at` (its items never reached the fleet, or died before a plan was
+        # published); Parse bumps `_updated_at` on every batch it tracks, so this also ends a push stuck
+        # in Parse's own pipeline (contract §16, "stuck running").
         never_reached = {
             "status": "running",
-            OWN: {"$exists": False},
+            f"{OWN}.progress_at": {"$exists": False},
             "_updated_at": {"$lt": now - timedelta(seconds=worker.stalled_running_s)},
         }
         async for document in collection.find(never_reached, {"_id": 1}):

@@ -161,13 +161,18 @@ def test_a_parse_push_whose_items_never_arrive_is_failed_by_the_watchdog(parse_s
     parse_accepts(
         database, "ParseQ0004", {"where": {}, "data": {"alert": "lost"}}, batch_size=100
     )  # not sent
-    database["_PushStatus"].update_one(
-        {"_id": "ParseQ0004"}, {"$set": {"_updated_at": datetime.now(UTC) - timedelta(seconds=30)}}
+    # An item that reached the fleet and marked the row, but whose plan never got published (dead-lettered).
+    parse_accepts(database, "ParseQ0006", {"where": {}, "data": {"alert": "marked"}}, batch_size=100)
+    long_ago = datetime.now(UTC) - timedelta(seconds=30)
+    database["_PushStatus"].update_many(
+        {"_id": {"$in": ["ParseQ0004", "ParseQ0006"]}}, {"$set": {"_updated_at": long_ago}}
     )
+    database["_PushStatus"].update_one({"_id": "ParseQ0006"}, {"$set": {"pushgw.badge_applied": True}})
     parse_accepts(database, "ParseQ0005", {"where": {}, "data": {"alert": "recent"}}, batch_size=100)
     parse_side.start_worker(watchdog_interval_s=0.2, stalled_running_s=20)
 
-    row = final_status(database, "ParseQ0004")
-    assert row["status"] == "failed"
-    assert "none of its work items reached pushgw's fleet" in row["errorMessage"]["message"]
+    for push_id in ("ParseQ0004", "ParseQ0006"):
+        row = final_status(database, push_id)
+        assert row["status"] == "failed"
+        assert "none of its work items reached pushgw's fleet" in row["errorMessage"]["message"]
     assert database["_PushStatus"].find_one({"_id": "ParseQ0005"})["status"] == "running"  # only 0 s idle
