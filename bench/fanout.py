@@ -9,8 +9,8 @@ One run, one process tree:
      send an empty-audience probe push through the whole pipeline;
   3. fan-out, per size: drain the planner's exact audience cursor with nothing else running (the database
      ceiling, before and after the push), POST `{"channels": ["news"]}`, poll `_PushStatus` until final;
-  4. transactional: restart the workers with `store = "mongo"` (each delivery is a `pushgw_recorded` row
-     stamped with the worker's clock), POST N single-user pushes from a few keep-alive clients as fast as
+  4. transactional: restart the workers with `store = "file"` (each delivery is a JSON line in one journal
+     file, stamped with the worker's clock: recording adds no load to the database being measured), POST N single-user pushes from a few keep-alive clients as fast as
      the intake accepts them, then latency = first recorded delivery − the client's 200 arrival, per push;
   5. print the issue's targets with PASS/MISS, optionally one JSON object; stop every process, delete the
      queues and exchanges of the prefix and the temp dir, also on Ctrl-C or error.
@@ -75,7 +75,6 @@ from pushgw.settings import WorkerSettings
 from pushgw.topology import PLAN, SEND, Topology
 from workers.audience import translate_where
 from workers.planner import _PROJECTION, MongoSubqueries, SchemaCache, pins_indexed_field, server_filter
-from workers.providers.recording import RECORDED_COLLECTION
 
 REPO = Path(__file__).resolve().parent.parent
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -85,7 +84,8 @@ DELAY_TIERS_S = (5, 30, 120, 600, 1800)  # pushgw's default worker.delay_tiers_s
 FANOUT_BODY: dict[str, Any] = {"channels": ["news"], "data": {"alert": "bench fan-out"}}
 PROBE_BODY: dict[str, Any] = {"channels": ["bench-probe-nobody"], "data": {"alert": "probe"}}
 SEED_CHUNK, CURSOR_BATCH = 2000, 2000  # CURSOR_BATCH: the planner's find(batch_size=…)
-FANOUT_POLL_S, TX_POLL_S, PROGRESS_EVERY_S = 0.05, 1.0, 5.0  # tx latency comes from pushgw_recorded
+FANOUT_POLL_S, TX_POLL_S, PROGRESS_EVERY_S = 0.05, 1.0, 5.0  # tx latency comes from the journal
+RECORDED_FILE = "recorded.jsonl"  # the recording provider's journal (store = "file") in the run's temp dir
 START_TIMEOUT_S, STOP_TIMEOUT_S, PROBE_TIMEOUT_S = 60.0, 30.0, 120.0
 GIVE_UP_RETRIES = 2  # a fan-out push whose units the workers retried this often will not finish
 BENCH_MONGO_TIMEOUT_MS = 900_000  # the bench's own reads (ceiling drains) must never time out
@@ -213,7 +213,8 @@ def write_config(stack: Stack, store: str) -> Path:
         "[worker]\nshutdown_timeout_s = 5\n"  # teardown must not wait 30 s for abandoned plans
         f"send_small_pushes_inline = {json.dumps(stack.send_inline)}\n"
         f"installation_indexes = {json.dumps(stack.installation_indexes)}\n\n"
-        f'[recording]\ntransports = ["apns", "fcm", "ppns"]\nstore = "{store}"\n\n'
+        f'[recording]\ntransports = ["apns", "fcm", "ppns"]\nstore = "{store}"\n'
+        f'file = "{stack.tmp / RECORDED_FILE}"\n\n'
         '[log]\nlevel = "warning"\n\n'
         f'[[apps]]\napp_id = "{APP_ID}"\nmaster_key = "{MASTER_KEY}"\nmongo_database = "{DATABASE}"\n'
     )
@@ -835,13 +836,14 @@ async def wait_all_final(stack: Stack, ids: list[str], baseline: int, deadline_s
         await asyncio.sleep(TX_POLL_S)
 
 
-async def first_deliveries(db: AsyncDatabase[Document], ids: list[str]) -> dict[str, float]:
-    """push id → the earliest `pushgw_recorded.at` (worker clock, epoch s)."""
-    firsts: dict[str, float] = {}
-    rows = db.get_collection(RECORDED_COLLECTION).find({"push_id": {"$in": ids}}, {"push_id": 1, "at": 1})
-    async for row in rows:
-        at = row["at"].timestamp()
-        firsts[row["push_id"]] = min(firsts.get(row["push_id"], at), at)
+def first_deliveries(journal: Path, ids: list[str]) -> dict[str, float]:
+    """push id → the earliest delivery in the recording provider's journal (worker clock, epoch s)."""
+    wanted, firsts = set(ids), {}
+    with contextlib.suppress(FileNotFoundError), journal.open() as lines:
+        for line in lines:
+            row = json.loads(line)
+            if row["push_id"] in wanted:
+                firsts[row["push_id"]] = min(firsts.get(row["push_id"], row["at"]), row["at"])
     return firsts
 
 
@@ -894,9 +896,9 @@ async def transactional_run(stack: Stack, args: argparse.Namespace) -> dict[str,
     seeding = await top_up(stack, max(stack.seeded, args.tx_installations or max(args.sizes)))
     indices = tx_users(stack.seeded, min(args.transactional, stack.seeded))
     await seed_users(stack, indices)
-    say("restarting the workers with the recording provider's mongo store (pushgw_recorded)")
+    say("restarting the workers with the recording provider's journal (store = file)")
     await stop_workers(stack)
-    await start_workers(stack, "mongo")
+    await start_workers(stack, "file")
     say(f"per-push DB cost: draining the planner's single-user cursor over {stack.seeded:,} installations")
     cost = await single_user_cost(stack, indices[: 3 if stack.seeded <= 50_000 else 1])
     cost["indexes"] = sorted([index["name"] async for index in await stack.db[INSTALLATIONS].list_indexes()])
@@ -953,7 +955,7 @@ def db_work_per_push(
 
 
 async def tx_result(stack: Stack, load: TxLoad, ids: list[str], final: int) -> dict[str, Any]:
-    firsts = await first_deliveries(stack.db, ids)
+    firsts = first_deliveries(stack.tmp / RECORDED_FILE, ids)
     latencies = [firsts[push_id] - load.accepted[push_id] for push_id in ids if push_id in firsts]
     missing = len(ids) - len(latencies)
     span = max(firsts.values()) - min(load.accepted.values()) if firsts else math.nan
@@ -1174,8 +1176,8 @@ def config_summary(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "mongo_timeout_ms": stack.mongo_timeout_ms or "pushgw default (5000)",
         "profile": str(args.profile) if args.profile else None,
         "machine_busy_before_start_percent": args.busy_before_start,
-        "note": "one SecantusDB (temp storage, single core) holds _Installation, _PushStatus and "
-        "pushgw_recorded, as pushgw needs; RabbitMQ at 127.0.0.1:5672; pushgw's worker defaults "
+        "note": "one SecantusDB (temp storage, single core) holds _Installation and _PushStatus, as "
+        "pushgw needs (the recording provider's deliveries go to a file, not to it); RabbitMQ at 127.0.0.1:5672; pushgw's worker defaults "
         "(batch_size 500, prefetch 16, send_prefetch 16); everything shares the machine's cores; the intake's _PushStatus "
         "inserts queue behind planner scans (no separate database possible: one mongo.uri)"
         + ("; py-spy runs during the push phases (numbers disturbed)" if args.profile else ""),

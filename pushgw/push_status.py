@@ -6,15 +6,19 @@ import asyncio
 import json
 import secrets
 import string
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from bson.errors import InvalidDocument
+from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from pushgw import parse_quirks
 from pushgw.clock import Clock, iso_millis, to_millis
+from pushgw.group_commit import GroupCommit, settle
 from pushgw.messages import PlanPush
 from pushgw.mongo import Document
 from pushgw.push import Push
@@ -78,9 +82,18 @@ def plan_from_status(document: Document, app_id: str, **changes: Any) -> PlanPus
 class StatusStore:
     """Progress and accounting on one app's `_PushStatus`: leases, checkpoints, idempotent unit records."""
 
-    def __init__(self, collection: AsyncCollection[Document], clock: Clock) -> None:
+    def __init__(
+        self, collection: AsyncCollection[Document], clock: Clock, batcher: UpdateBatcher | None = None
+    ) -> None:
         self.collection = collection
         self._clock = clock
+        self._batcher = batcher  # group commit for the per-push writes of small pushes (claim, finish)
+
+    async def _update(self, update: ConditionalUpdate) -> bool:
+        if self._batcher is not None:
+            return await self._batcher.update(update)
+        result = await self.collection.update_one(update.filter, update.update)
+        return result.matched_count == 1
 
     async def claim_plan(self, push_id: str, key: str, owner: str, lease_s: float) -> Document | None:
         """Take the planning lease of one plan (`all`, or one UTC offset group); return the plan's saved
@@ -94,10 +107,12 @@ class StatusStore:
         now = self._clock.now()
         plan = f"{OWN}.plans.{key}"
         lease = f"{plan}.lease_until"
+        token = secrets.token_hex(8)  # tells this claim from any other, read back after a lost race
         claim = {
             "$set": {
                 "status": "running",
                 f"{plan}.owner": owner,
+                f"{plan}.claim": token,
                 lease: now + timedelta(seconds=lease_s),
                 f"{OWN}.progress_at": now,
             },
@@ -105,8 +120,12 @@ class StatusStore:
             "$inc": {f"{OWN}.devices_done": 0, f"{OWN}.audience": 0, f"{OWN}.plans_done": 0},
         }
         live = {"_id": push_id, "status": {"$in": ["pending", "running"]}}
-        fresh = await self.collection.update_one({**live, plan: {"$exists": False}}, claim)
-        if fresh.matched_count == 1:
+        fresh = ConditionalUpdate(
+            {**live, plan: {"$exists": False}},
+            claim,
+            lambda document: _plan(document, key).get("claim") == token,
+        )
+        if await self._update(fresh):
             return {}
         resumed = await self.collection.update_one(
             {
@@ -120,9 +139,7 @@ class StatusStore:
         )
         if resumed.matched_count != 1:
             return None
-        document = await self.collection.find_one({"_id": push_id}, {plan: 1})
-        state: Document = ((document or {}).get(OWN) or {}).get("plans", {}).get(key, {})
-        return state
+        return _plan(await self.collection.find_one({"_id": push_id}, {plan: 1}), key)
 
     async def checkpoint_plan(
         self, push_id: str, key: str, owner: str, cursor: Document, lease_s: float
@@ -173,7 +190,7 @@ class StatusStore:
         and `succeeded`, in one write. False (nothing written) unless this is the push's only plan and
         nothing was counted yet; the caller then records the usual way."""
         prefix = f"{OWN}.plans.{key}"
-        result = await self.collection.update_one(
+        finish = ConditionalUpdate(
             {
                 "_id": push_id,
                 "status": "running",
@@ -197,8 +214,15 @@ class StatusStore:
                 },
                 "$unset": {"count": ""},
             },
+            # Only the plan's owner ever marks it done, and it has not done so any other way yet.
+            lambda document: bool(
+                document
+                and document.get("status") == "succeeded"
+                and _plan(document, key).get("done") is True
+                and _plan(document, key).get("owner") == owner
+            ),
         )
-        return result.modified_count == 1
+        return await self._update(finish)
 
     async def try_finalize(self, push_id: str) -> bool:
         """`succeeded` once every plan is done and every planned device is counted; one caller wins."""
@@ -229,6 +253,12 @@ class StatusStore:
         return await fail_push(self.collection, push_id, code, message)
 
 
+def _plan(document: Document | None, key: str) -> Document:
+    """One plan's saved state inside a `_PushStatus` document (`{}` when absent)."""
+    state: Document = ((document or {}).get(OWN) or {}).get("plans", {}).get(key, {})
+    return state
+
+
 async def fail_push(collection: AsyncCollection[Document], push_id: str, code: int, message: str) -> bool:
     """End a push `failed` with Parse's `errorMessage` shape; never touches a terminal push."""
     result = await collection.update_one(
@@ -249,65 +279,91 @@ async def fail_unstarted(
     return result.modified_count == 1
 
 
-class InsertBatcher:
-    """Group commit for one collection: concurrent inserts share `insert_many` round trips.
-
-    Each caller still learns the fate of its own document, and one batch is in flight at a time, so the
-    database sees a few large writes instead of many small ones under load and single writes when idle.
-    """
+class InsertBatcher(GroupCommit[Document, None]):
+    """Group commit of inserts into one collection (`insert_many`)."""
 
     def __init__(self, collection: AsyncCollection[Document], max_batch: int = 200) -> None:
+        super().__init__(max_batch)
         self._collection = collection
-        self._max_batch = max_batch
-        self._pending: list[tuple[Document, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
 
     async def insert(self, document: Document) -> None:
         """Return once the document is acknowledged with the collection's write concern; raise otherwise."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((document, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        await future
+        await self._submit(document)
 
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-            try:
-                await self._collection.insert_many([document for document, _ in batch], ordered=False)
-            except BulkWriteError as error:
-                failed = {item["index"]: item for item in error.details.get("writeErrors", [])}
-                for index, (_, future) in enumerate(batch):
-                    _settle(future, _write_error(failed[index]) if index in failed else None)
-            except (InvalidDocument, UnicodeEncodeError, OverflowError):
-                await self._insert_one_by_one(batch)  # one unencodable document must not fail the others
-            except Exception as error:  # every waiter must learn the outcome, whatever it was
-                for _, future in batch:
-                    _settle(future, error)
-            else:
-                for _, future in batch:
-                    _settle(future, None)
+    async def _write(self, batch: list[tuple[Document, asyncio.Future[None]]]) -> None:
+        try:
+            await self._collection.insert_many([document for document, _ in batch], ordered=False)
+        except BulkWriteError as error:
+            failed = {item["index"]: item for item in error.details.get("writeErrors", [])}
+            for index, (_, future) in enumerate(batch):
+                settle(future, _write_error(failed[index]) if index in failed else None)
+        except (InvalidDocument, UnicodeEncodeError, OverflowError):
+            await self._insert_one_by_one(batch)  # one unencodable document must not fail the others
+        else:
+            for _, future in batch:
+                settle(future, None)
 
     async def _insert_one_by_one(self, batch: list[tuple[Document, asyncio.Future[None]]]) -> None:
         for document, future in batch:
             try:
                 await self._collection.insert_one(document)
             except (InvalidDocument, UnicodeEncodeError, OverflowError) as error:
-                _settle(future, PyMongoError(f"document cannot be stored: {error}"))
+                settle(future, PyMongoError(f"document cannot be stored: {error}"))
             except Exception as error:  # every waiter must learn the outcome, whatever it was
-                _settle(future, error)
+                settle(future, error)
             else:
-                _settle(future, None)
+                settle(future, None)
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionalUpdate:
+    """One `update_one` whose filter names the document's `_id`, and how to tell from that document,
+    read back, whether this very update was applied (its own token or owner in the fields it sets)."""
+
+    filter: Document
+    update: Document
+    applied: Callable[[Document | None], bool]
+
+
+class UpdateBatcher(GroupCommit[ConditionalUpdate, bool]):
+    """Group commit of conditional single-document updates on one collection (one `bulk_write`).
+
+    A bulk write reports only how many updates matched. When all of them did (the usual case) each caller
+    gets True; when fewer did (a lost race, e.g. two workers claiming one plan), every document of the
+    batch is read back once and each update's own `applied` check tells its caller what happened.
+    """
+
+    def __init__(self, collection: AsyncCollection[Document], max_batch: int = 100) -> None:
+        super().__init__(max_batch)
+        self._collection = collection
+
+    async def update(self, update: ConditionalUpdate) -> bool:
+        """True when this update matched its document (and was applied); raise when the write failed."""
+        return await self._submit(update)
+
+    async def _write(self, batch: list[tuple[ConditionalUpdate, asyncio.Future[bool]]]) -> None:
+        operations = [UpdateOne(op.filter, op.update) for op, _ in batch]
+        failed: dict[int, Document] = {}
+        try:
+            result = await self._collection.bulk_write(operations, ordered=False)
+            matched = result.matched_count
+        except BulkWriteError as error:
+            failed = {item["index"]: item for item in error.details.get("writeErrors", [])}
+            matched = int(error.details.get("nMatched", 0))
+        for index, (_, future) in enumerate(batch):
+            if index in failed:
+                settle(future, _write_error(failed[index]))
+        if matched == len(batch) - len(failed):
+            for _, future in batch:
+                settle(future, True)
+            return
+        ids = [op.filter["_id"] for op, _ in batch]
+        documents = {
+            document["_id"]: document async for document in self._collection.find({"_id": {"$in": ids}})
+        }
+        for op, future in batch:
+            settle(future, op.applied(documents.get(op.filter["_id"])))
 
 
 def _write_error(item: dict[str, Any]) -> PyMongoError:
     return PyMongoError(f"write error {item.get('code')}: {item.get('errmsg')}")
-
-
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)

@@ -23,12 +23,13 @@ from pushgw.errors import INVALID_QUERY
 from pushgw.logs import get_logger
 from pushgw.messages import Device, PlanPush, SendBatch
 from pushgw.mongo import Document
-from pushgw.push_status import StatusStore
+from pushgw.push_status import StatusStore, UpdateBatcher
 from pushgw.settings import AppSettings, WorkerSettings
 from pushgw.topology import SEND
 from pushgw.tracing import current_traceparent
 from workers.audience import ClassSchema, QueryError, conjoin, translate_where
 from workers.badge import BadgeError, badge_rule
+from workers.lookups import EqualityLookups, pinned_value
 from workers.providers.provider import TOKEN_TRANSPORTS, transport_for
 from workers.sender import Sender
 
@@ -97,41 +98,46 @@ class Planner:
         self._clock = clock
         self._owner = owner
         self._sender = sender
+        self._status_batchers: dict[tuple[str, str], UpdateBatcher] = {}
+        self._lookups: dict[tuple[str, str, str], EqualityLookups] = {}
         self._schemas = SchemaCache(settings.schema_cache_s)
 
     async def plan_push(self, item: PlanPush, app: AppSettings, database: AsyncDatabase[Document]) -> None:
-        store = StatusStore(database.get_collection(app.collection_prefix + "_PushStatus"), self._clock)
+        store = self._status_store(app, database)
         key = plan_key(item)
-        state = await store.claim_plan(item.push_id, key, self._owner, self._settings.planner_lease_s)
-        if state is None:
-            return  # terminal, planned already, or another worker holds the lease
-        metrics.QUEUE_LAG_SECONDS.labels("plan").observe(
-            max(0.0, (self._clock.now() - item.accepted_at).total_seconds())
-        )
+        # The audience is translated (and a one-user audience read) while the plan is claimed: reads have
+        # no effect, and a lost claim just drops them.
+        reading = asyncio.create_task(self._read_audience(item, app, database))
         try:
+            state = await store.claim_plan(item.push_id, key, self._owner, self._settings.planner_lease_s)
+            if state is None:
+                return  # terminal, planned already, or another worker holds the lease
+            metrics.QUEUE_LAG_SECONDS.labels("plan").observe(
+                max(0.0, (self._clock.now() - item.accepted_at).total_seconds())
+            )
+            plan = _Plan(item, app, database, store, key, state.get("expiry_ms") or self._expiry_ms(item))
             badge_rule(item.data)
-            mongo_filter = await self._audience(item, app, database)
-        except (QueryError, BadgeError) as error:
-            log.info("push_failed", push_id=item.push_id, code=error.code, error=error.message)
-            if await store.fail(item.push_id, error.code, error.message):
-                metrics.PUSHES_FINISHED.labels("failed").inc()
-            return
-        plan = _Plan(item, app, database, store, key, state.get("expiry_ms") or self._expiry_ms(item))
-        try:
+            mongo_filter, rows = await reading
             # A whole-collection scan can take longer than mongo.timeout_ms before its first row (SecantusDB
             # answers after the full scan): planning gets its own, longer deadline.
             with pymongo.timeout(self._settings.planning_timeout_s):
-                devices, only_batch = await self._publish_batches(plan, mongo_filter, state)
+                devices, only_batch = await self._publish_batches(
+                    plan, mongo_filter, state, None if state else rows
+                )
+        except (QueryError, BadgeError) as error:
+            await _fail(store, item.push_id, error.code, error.message)
+            return
         except OperationFailure as error:
             if not is_query_error(error):
                 raise
             # The database refused the query itself (e.g. $text without a text index): retrying cannot help.
-            log.info("push_failed", push_id=item.push_id, code=INVALID_QUERY, error=str(error))
-            if await store.fail(
-                item.push_id, INVALID_QUERY, f"the database refused the query: {error.details or error}"
-            ):
-                metrics.PUSHES_FINISHED.labels("failed").inc()
+            message = f"the database refused the query: {error.details or error}"
+            await _fail(store, item.push_id, INVALID_QUERY, message)
             return
+        finally:
+            if not reading.done():
+                reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
         if devices is None:
             return  # lost the lease: the new owner continues
         if only_batch is not None and await self._send_only_batch(only_batch, app, database, store):
@@ -144,6 +150,15 @@ class Planner:
             metrics.PUSHES_FINISHED.labels("succeeded").inc()
             log.info("push_succeeded", push_id=item.push_id)
         log.info("push_planned", push_id=item.push_id, plan=key, devices=devices)
+
+    def _status_store(self, app: AppSettings, database: AsyncDatabase[Document]) -> StatusStore:
+        """The app's `_PushStatus`, its claims and one-write finishes group-committed across the pushes
+        this worker plans at once (a transactional load is a write or two per push otherwise)."""
+        collection = database.get_collection(app.collection_prefix + "_PushStatus")
+        name = (database.name, collection.name)
+        if name not in self._status_batchers:
+            self._status_batchers[name] = UpdateBatcher(collection)
+        return StatusStore(collection, self._clock, self._status_batchers[name])
 
     async def _send_only_batch(
         self, batch: SendBatch, app: AppSettings, database: AsyncDatabase[Document], store: StatusStore
@@ -173,16 +188,30 @@ class Planner:
             return start.timestamp() * 1000
         return None
 
-    async def _audience(
+    async def _read_audience(
         self, item: PlanPush, app: AppSettings, database: AsyncDatabase[Document]
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], list[Document] | None]:
+        """The audience's filter, and its rows when it names one user or device (None: stream them)."""
         runner = MongoSubqueries(database, app.collection_prefix, self._schemas)
         schema = await runner.schema_for("_Installation")
         translated = await translate_where(item.where, schema, runner, now=self._clock.now())
-        return server_filter(translated, item.time_zones)
+        mongo_filter = server_filter(translated, item.time_zones)
+        pinned = pinned_value(mongo_filter, self._settings.installation_indexes)
+        if pinned is None:
+            return mongo_filter, None
+        field, value = pinned
+        collection = database.get_collection(app.collection_prefix + "_Installation")
+        name = (database.name, collection.name, field)
+        if name not in self._lookups:
+            self._lookups[name] = EqualityLookups(collection, field, _PROJECTION)
+        return mongo_filter, await self._lookups[name].rows(value)
 
     async def _publish_batches(
-        self, plan: _Plan, mongo_filter: dict[str, Any], state: dict[str, Any]
+        self,
+        plan: _Plan,
+        mongo_filter: dict[str, Any],
+        state: dict[str, Any],
+        rows: list[Document] | None,
     ) -> tuple[int | None, SendBatch | None]:
         """Publish every batch after the resume point, `plan_publish_window` confirms in flight; the
         checkpoint (every `plan_checkpoint_s`) only ever names batches whose publish was confirmed.
@@ -196,7 +225,7 @@ class Planner:
         batch: list[Device] = []
         checkpointed_at = time.monotonic()
         async with _PublishWindow(self._settings.plan_publish_window) as window:
-            async for row_id, device in self._stream(plan.database, plan.app, mongo_filter, last_id):
+            async for row_id, device in self._stream(plan.database, plan.app, mongo_filter, last_id, rows):
                 last_id = row_id
                 if device is not None:
                     batch.append(device)
@@ -232,19 +261,25 @@ class Planner:
         app: AppSettings,
         mongo_filter: dict[str, Any],
         after: str | None,
+        rows: list[Document] | None,
     ) -> AsyncIterator[tuple[str, Device | None]]:
-        """One cursor sorted on `_id` (see docs/architecture.md: never skip, never page).
+        """One cursor sorted on `_id` (see docs/architecture.md: never skip, never page), or the rows
+        already read for a one-user audience.
 
         A broad audience is read along the `_id` index (hinted: an unhinted sort scans and sorts in
         memory); a narrow one that pins an indexed field (`user`, `installationId`) uses that index.
         """
+        if rows is not None:
+            for row in rows:
+                yield row["_id"], to_device(row) if is_reachable(row) else None
+            return
         query = conjoin(mongo_filter, {"_id": {"$gt": after}}) if after else mongo_filter
         collection = database.get_collection(app.collection_prefix + "_Installation")
         cursor = collection.find(query, _PROJECTION, batch_size=_CURSOR_BATCH).sort("_id", 1)
         if not pins_indexed_field(mongo_filter, self._settings.installation_indexes):
             cursor = cursor.hint("_id_")
-        async for rows in _read_ahead(cursor, _CURSOR_BATCH):
-            for row in rows:
+        async for page in _read_ahead(cursor, _CURSOR_BATCH):
+            for row in page:
                 yield row["_id"], to_device(row) if is_reachable(row) else None
 
     async def _publish(self, plan: _Plan, index: int, devices: list[Device]) -> None:
@@ -269,6 +304,12 @@ class Planner:
             badge_applied=item.badge_applied,
             traceparent=current_traceparent(),  # the unit's span is a child of this plan's
         )
+
+
+async def _fail(store: StatusStore, push_id: str, code: int, message: str) -> None:
+    log.info("push_failed", push_id=push_id, code=code, error=message)
+    if await store.fail(push_id, code, message):
+        metrics.PUSHES_FINISHED.labels("failed").inc()
 
 
 def _count_planned(devices: list[Device]) -> None:

@@ -55,6 +55,7 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         (APP + '[queue]\nurl = "redis://x"\n', "queue.url"),
         (APP + APP, "configured twice"),
         (APP + '[http]\nmounts = ["parse/"]\n', "http.mounts"),
+        (APP + '[recording]\nstore = "file"\n', 'store = "file" needs `file`'),
     ],
 )
 def test_bad_keys_are_named(tmp_path: Path, text: str, named: str) -> None:

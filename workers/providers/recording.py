@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -27,7 +30,8 @@ class Recorded:
 
 
 class RecordingProvider:
-    """For tests, benchmarks and `pushgw dev`: every delivery is kept in memory or in `pushgw_recorded`.
+    """For tests, benchmarks and `pushgw dev`: every delivery is kept in memory, in `pushgw_recorded`
+    (`databases`) or as a JSON line appended to `journal` (push id, installation object id, transport, time).
 
     `fail_tokens` maps a token (or installation id) prefix to `failed:<Reason>`,
     `deferred:<Reason>[:<retry_after_s>]` or `raise:<message>` (a provider bug), so tests can script
@@ -42,11 +46,14 @@ class RecordingProvider:
         *,
         fail_tokens: dict[str, str] | None = None,
         databases: dict[str, AsyncDatabase[Document]] | None = None,
+        journal: Path | None = None,
         latency_ms: int = 0,
     ) -> None:
         self._clock = clock
         self._fail_tokens = fail_tokens or {}
         self._databases = databases
+        # One O_APPEND write per send call: lines of several worker processes never interleave.
+        self._journal = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if journal else None
         self._latency_s = latency_ms / 1000
         self.deliveries: list[Recorded] = []
 
@@ -56,7 +63,10 @@ class RecordingProvider:
         now = self._clock.now()
         outcomes = [self._outcome(notification) for notification in notifications]
         delivered = [n for n, o in zip(notifications, outcomes, strict=True) if isinstance(o, Sent)]
-        if self._databases is None:
+        if self._journal is not None:
+            if delivered:
+                os.write(self._journal, "".join(_line(push, n, now) for n in delivered).encode())
+        elif self._databases is None:
             self.deliveries.extend(Recorded(push.push_id, n, now, push.expiry_ms) for n in delivered)
         elif delivered:
             collection = self._databases[push.app_id].get_collection(RECORDED_COLLECTION)
@@ -78,7 +88,9 @@ class RecordingProvider:
         return Sent(device)
 
     async def close(self) -> None:
-        return None
+        if self._journal is not None:
+            os.close(self._journal)
+            self._journal = None
 
 
 def _record(push: PushContext, notification: Notification, now: datetime) -> dict[str, Any]:
@@ -93,3 +105,9 @@ def _record(push: PushContext, notification: Notification, now: datetime) -> dic
         "expiry_ms": push.expiry_ms,
         "at": now,
     }
+
+
+def _line(push: PushContext, notification: Notification, now: datetime) -> str:
+    device = notification.device
+    record = {"push_id": push.push_id, "object_id": device.object_id, "transport": device.transport}
+    return json.dumps(record | {"at": now.timestamp()}) + "\n"

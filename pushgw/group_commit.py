@@ -1,0 +1,49 @@
+"""Group commit: concurrent callers share one database round trip, each still learning its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Generic, TypeVar
+
+Op = TypeVar("Op")
+Result = TypeVar("Result")
+
+
+class GroupCommit(Generic[Op, Result]):
+    """Concurrent callers share one round trip: ops queued while one is in flight go together in the next,
+    so the database sees a few large commands under load and single ones when idle. Each caller still
+    learns the fate of its own op; `_write` settles every future of its batch."""
+
+    def __init__(self, max_batch: int) -> None:
+        self._max_batch = max_batch
+        self._pending: list[tuple[Op, asyncio.Future[Result]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def _submit(self, op: Op) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+            try:
+                await self._write(batch)
+            except Exception as error:  # every waiter must learn the outcome, whatever it was
+                for _, future in batch:
+                    settle(future, error)
+
+    async def _write(self, batch: list[tuple[Op, asyncio.Future[Result]]]) -> None:
+        raise NotImplementedError
+
+
+def settle(future: asyncio.Future[Result], outcome: Result | BaseException) -> None:
+    """Resolve a waiter once: an exception is raised to it, anything else is its result."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -1,0 +1,82 @@
+"""Group commit on a real SecantusDB: pushes planned at once share one database command, and each still
+gets exactly its own answer (its own rows, its own claim), also when some of them lost a race."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pushgw.clock import SystemClock
+from pushgw.mongo import create_client
+from pushgw.push_status import StatusStore, UpdateBatcher
+from tests.fixtures.mongo import MongoServer
+from tests.fixtures.parse_data import installation
+from workers.lookups import EqualityLookups
+
+ALICE, BOB, CAROL = "_User$alice0001", "_User$bob0000001", "_User$carol00001"
+
+
+def test_one_user_audiences_read_together_each_get_their_own_rows(
+    mongo_server: MongoServer, db_name: str
+) -> None:
+    rows = [
+        installation("ios", _id="A1", _p_user=ALICE),
+        installation("android", _id="A2", _p_user=ALICE),
+        installation("ios", _id="B1", _p_user=BOB),
+        installation("ios", _id="X1", _p_user=[BOB, CAROL]),  # an array field matches each of its values
+        installation("ios", _id="N1"),
+    ]
+
+    async def scenario() -> dict[str, list[str]]:
+        client = create_client(mongo_server.uri, 5000)
+        try:
+            collection = client[db_name]["_Installation"]
+            await collection.insert_many([dict(row) for row in rows])
+            lookups = EqualityLookups(collection, "_p_user", {"deviceType": 1})
+            users = [ALICE, BOB, CAROL, "_User$nobody0001", ALICE]
+            found = await asyncio.gather(*(lookups.rows(user) for user in users))
+            return {
+                f"{n}:{user}": [row["_id"] for row in got]
+                for n, (user, got) in enumerate(zip(users, found, strict=True))
+            }
+        finally:
+            await client.close()
+
+    assert asyncio.run(scenario()) == {
+        f"0:{ALICE}": ["A1", "A2"],
+        f"1:{BOB}": ["B1", "X1"],
+        f"2:{CAROL}": ["X1"],
+        "3:_User$nobody0001": [],
+        f"4:{ALICE}": ["A1", "A2"],
+    }
+
+
+def test_claims_committed_together_tell_each_planner_whether_it_won(
+    mongo_server: MongoServer, db_name: str
+) -> None:
+    """Two planners claim push P in the same bulk write (one loses), a third claims Q (wins): the bulk
+    reports two matches out of three, and each claimant still learns its own result."""
+
+    async def scenario() -> tuple[list[Any], dict[str, Any]]:
+        client = create_client(mongo_server.uri, 5000)
+        try:
+            collection = client[db_name]["_PushStatus"]
+            await collection.insert_many(
+                [{"_id": "P", "status": "pending"}, {"_id": "Q", "status": "pending"}]
+            )
+            store = StatusStore(collection, SystemClock(), UpdateBatcher(collection))
+            claims = await asyncio.gather(
+                store.claim_plan("P", "all", "worker-1", 60),
+                store.claim_plan("P", "all", "worker-2", 60),
+                store.claim_plan("Q", "all", "worker-1", 60),
+            )
+            owners = {doc["_id"]: doc["pushgw"]["plans"]["all"]["owner"] async for doc in collection.find()}
+            return claims, owners
+        finally:
+            await client.close()
+
+    claims, owners = asyncio.run(scenario())
+    winner = "worker-1" if claims[0] == {} else "worker-2"
+    assert sorted(claims[:2], key=repr) == [None, {}]  # exactly one of the two got P
+    assert claims[2] == {}
+    assert owners == {"P": winner, "Q": "worker-1"}
