@@ -14,6 +14,7 @@ from typing import Any
 from bson.errors import InvalidDocument
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from pushgw import parse_quirks
@@ -83,11 +84,23 @@ class StatusStore:
     """Progress and accounting on one app's `_PushStatus`: leases, checkpoints, idempotent unit records."""
 
     def __init__(
-        self, collection: AsyncCollection[Document], clock: Clock, batcher: UpdateBatcher | None = None
+        self,
+        collection: AsyncCollection[Document],
+        clock: Clock,
+        batcher: UpdateBatcher | None = None,
+        reads: ProgressReads | None = None,
     ) -> None:
         self.collection = collection
         self._clock = clock
-        self._batcher = batcher  # group commit for the per-push writes of small pushes (claim, finish)
+        # Group commit of the per-unit and per-push commands across a worker's concurrent work (StatusStores).
+        self._batcher = batcher
+        self._reads = reads
+
+    async def progress(self, push_id: str) -> Document | None:
+        """The push's `status` and accounting fields (`PROGRESS_FIELDS`); None if there is no such push."""
+        if self._reads is not None:
+            return await self._reads.read(push_id)
+        return await self.collection.find_one({"_id": push_id}, PROGRESS_FIELDS)
 
     async def _update(self, update: ConditionalUpdate) -> bool:
         if self._batcher is not None:
@@ -174,14 +187,16 @@ class StatusStore:
 
     async def record_unit(self, push_id: str, unit: str, increments: dict[str, Any], devices: int) -> bool:
         """Add one work unit's terminal outcomes; a unit already recorded (a redelivery) changes nothing."""
-        result = await self.collection.update_one(
+        token = secrets.token_hex(8)  # which delivery of the unit recorded it, read back after a lost race
+        record = ConditionalUpdate(
             {"_id": push_id, "status": "running", f"{OWN}.units.{unit}": {"$exists": False}},
             {
                 "$inc": {**increments, f"{OWN}.devices_done": devices},
-                "$set": {f"{OWN}.units.{unit}": True, f"{OWN}.progress_at": self._clock.now()},
+                "$set": {f"{OWN}.units.{unit}": token, f"{OWN}.progress_at": self._clock.now()},
             },
+            lambda document: ((document or {}).get(OWN) or {}).get("units", {}).get(unit) == token,
         )
-        return result.modified_count == 1
+        return await self._update(record)
 
     async def finish_only_unit(
         self, push_id: str, key: str, owner: str, increments: dict[str, Any], devices: int
@@ -226,7 +241,7 @@ class StatusStore:
 
     async def try_finalize(self, push_id: str) -> bool:
         """`succeeded` once every plan is done and every planned device is counted; one caller wins."""
-        document = await self.collection.find_one({"_id": push_id}, {"status": 1, OWN: 1})
+        document = await self.progress(push_id)
         if document is None or document.get("status") != "running":
             return False
         own = document.get(OWN, {})
@@ -363,6 +378,57 @@ class UpdateBatcher(GroupCommit[ConditionalUpdate, bool]):
         }
         for op, future in batch:
             settle(future, op.applied(documents.get(op.filter["_id"])))
+
+
+PROGRESS_FIELDS = {
+    "status": 1,
+    f"{OWN}.units": 1,
+    f"{OWN}.plans_done": 1,
+    f"{OWN}.plans_expected": 1,
+    f"{OWN}.audience": 1,
+    f"{OWN}.devices_done": 1,
+}
+
+
+class ProgressReads(GroupCommit[str, Document | None]):
+    """Group commit of progress reads: the units of one push sent at once (a fan-out) share one read.
+
+    A read asked for while another is in flight waits for the next one, so it never sees a state older
+    than the moment it was asked for. Callers share the returned documents: they must not change them.
+    """
+
+    def __init__(self, collection: AsyncCollection[Document], max_batch: int = 50) -> None:
+        super().__init__(max_batch)
+        self._collection = collection
+
+    async def read(self, push_id: str) -> Document | None:
+        return await self._submit(push_id)
+
+    async def _write(self, batch: list[tuple[str, asyncio.Future[Document | None]]]) -> None:
+        ids = sorted({push_id for push_id, _ in batch})
+        query = {"_id": ids[0] if len(ids) == 1 else {"$in": ids}}
+        found = {
+            document["_id"]: document async for document in self._collection.find(query, PROGRESS_FIELDS)
+        }
+        for push_id, future in batch:
+            settle(future, found.get(push_id))
+
+
+class StatusStores:
+    """A worker's `StatusStore` per `_PushStatus` collection, sharing that collection's group commits."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._stores: dict[tuple[str, str], StatusStore] = {}
+
+    def store(self, database: AsyncDatabase[Document], prefix: str) -> StatusStore:
+        collection = database.get_collection(prefix + COLLECTION)
+        name = (database.name, collection.name)
+        if name not in self._stores:
+            self._stores[name] = StatusStore(
+                collection, self._clock, UpdateBatcher(collection), ProgressReads(collection)
+            )
+        return self._stores[name]
 
 
 def _write_error(item: dict[str, Any]) -> PyMongoError:

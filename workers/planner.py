@@ -23,7 +23,7 @@ from pushgw.errors import INVALID_QUERY
 from pushgw.logs import get_logger
 from pushgw.messages import Device, PlanPush, SendBatch
 from pushgw.mongo import Document
-from pushgw.push_status import StatusStore, UpdateBatcher
+from pushgw.push_status import StatusStore, StatusStores
 from pushgw.settings import AppSettings, WorkerSettings
 from pushgw.topology import SEND
 from pushgw.tracing import current_traceparent
@@ -91,19 +91,26 @@ class Planner:
     """Reads each push's audience once and publishes it as send batches; resumable and single-owner."""
 
     def __init__(
-        self, settings: WorkerSettings, broker: Broker, clock: Clock, owner: str, sender: Sender
+        self,
+        settings: WorkerSettings,
+        broker: Broker,
+        clock: Clock,
+        owner: str,
+        sender: Sender,
+        *,
+        stores: StatusStores,
     ) -> None:
         self._settings = settings
         self._broker = broker
         self._clock = clock
         self._owner = owner
         self._sender = sender
-        self._status_batchers: dict[tuple[str, str], UpdateBatcher] = {}
+        self._stores = stores
         self._lookups: dict[tuple[str, str, str], EqualityLookups] = {}
         self._schemas = SchemaCache(settings.schema_cache_s)
 
     async def plan_push(self, item: PlanPush, app: AppSettings, database: AsyncDatabase[Document]) -> None:
-        store = self._status_store(app, database)
+        store = self._stores.store(database, app.collection_prefix)
         key = plan_key(item)
         # The audience is translated (and a one-user audience read) while the plan is claimed: reads have
         # no effect, and a lost claim just drops them.
@@ -150,15 +157,6 @@ class Planner:
             metrics.PUSHES_FINISHED.labels("succeeded").inc()
             log.info("push_succeeded", push_id=item.push_id)
         log.info("push_planned", push_id=item.push_id, plan=key, devices=devices)
-
-    def _status_store(self, app: AppSettings, database: AsyncDatabase[Document]) -> StatusStore:
-        """The app's `_PushStatus`, its claims and one-write finishes group-committed across the pushes
-        this worker plans at once (a transactional load is a write or two per push otherwise)."""
-        collection = database.get_collection(app.collection_prefix + "_PushStatus")
-        name = (database.name, collection.name)
-        if name not in self._status_batchers:
-            self._status_batchers[name] = UpdateBatcher(collection)
-        return StatusStore(collection, self._clock, self._status_batchers[name])
 
     async def _send_only_batch(
         self, batch: SendBatch, app: AppSettings, database: AsyncDatabase[Document], store: StatusStore

@@ -20,7 +20,7 @@ from pushgw.clock import Clock
 from pushgw.logs import get_logger
 from pushgw.messages import Device, SendBatch
 from pushgw.mongo import Document
-from pushgw.push_status import OWN, StatusStore
+from pushgw.push_status import OWN, StatusStore, StatusStores
 from pushgw.settings import AppSettings, WorkerSettings
 from workers.badge import BadgeError, BadgeRule, apply_badges, badge_rule, receives_badge
 from workers.localize import Localizer
@@ -55,9 +55,10 @@ class Sender:
 
     def __init__(
         self, settings: WorkerSettings, broker: Broker, providers: Mapping[str, Provider], clock: Clock,
-        rng: random.Random | None = None,
+        *, stores: StatusStores, rng: random.Random | None = None,
     ) -> None:  # fmt: skip
         self._settings = settings
+        self._stores = stores
         self._broker = broker
         self._providers = providers
         self._clock = clock
@@ -68,10 +69,8 @@ class Sender:
     async def send_batch(
         self, item: SendBatch, app: AppSettings, database: AsyncDatabase[Document], redelivered: bool
     ) -> None:
-        store = StatusStore(database.get_collection(app.collection_prefix + "_PushStatus"), self._clock)
-        status = await store.collection.find_one(
-            {"_id": item.push_id}, {"status": 1, f"pushgw.units.{item.unit}": 1}
-        )
+        store = self._stores.store(database, app.collection_prefix)
+        status = await store.progress(item.push_id)
         if (
             status is None
             or status.get("status") != "running"

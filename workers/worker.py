@@ -19,6 +19,7 @@ from pushgw.connections import Connections
 from pushgw.logs import get_logger, log_context
 from pushgw.messages import PlanPush, SendBatch, UnknownWorkItem, parse_work_item
 from pushgw.mongo import app_database
+from pushgw.push_status import StatusStores
 from pushgw.settings import Settings
 from pushgw.topology import PARSE, PLAN, SEND
 from pushgw.tracing import push_span
@@ -47,8 +48,9 @@ class Worker:
         self._providers = providers
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         broker = connections.broker
-        self.sender = Sender(settings.worker, broker, providers, clock)
-        self.planner = Planner(settings.worker, broker, clock, self.owner, self.sender)
+        stores = StatusStores(clock)  # the group commits the planner and the sender share
+        self.sender = Sender(settings.worker, broker, providers, clock, stores=stores)
+        self.planner = Planner(settings.worker, broker, clock, self.owner, self.sender, stores=stores)
         databases = {app.app_id: app_database(connections.mongo, app) for app in settings.apps}
         self.dead_letters = DeadLetters(settings, databases, clock)
         self.scheduler = Scheduler(settings, connections, clock)

@@ -8,7 +8,7 @@ from typing import Any
 
 from pushgw.clock import SystemClock
 from pushgw.mongo import create_client
-from pushgw.push_status import StatusStore, UpdateBatcher
+from pushgw.push_status import StatusStore, StatusStores, UpdateBatcher
 from tests.fixtures.mongo import MongoServer
 from tests.fixtures.parse_data import installation
 from workers.lookups import EqualityLookups
@@ -80,3 +80,33 @@ def test_claims_committed_together_tell_each_planner_whether_it_won(
     assert sorted(claims[:2], key=repr) == [None, {}]  # exactly one of the two got P
     assert claims[2] == {}
     assert owners == {"P": winner, "Q": "worker-1"}
+
+
+def test_a_unit_recorded_twice_at_once_counts_once(mongo_server: MongoServer, db_name: str) -> None:
+    """Two deliveries of unit b0 and one of b1 record in the same bulk write: b0 is counted once, each
+    caller learns whether its own record counted, and the push finalizes with exact counts."""
+
+    async def scenario() -> tuple[list[bool], bool, dict[str, Any]]:
+        client = create_client(mongo_server.uri, 5000)
+        try:
+            collection = client[db_name]["_PushStatus"]
+            own = {"plans_done": 1, "plans_expected": 1, "audience": 5, "devices_done": 0}
+            await collection.insert_one({"_id": "P", "status": "running", "numSent": 0, "pushgw": own})
+            stores = StatusStores(SystemClock())
+            store = stores.store(client[db_name], "")
+            recorded = await asyncio.gather(
+                store.record_unit("P", "all-b0", {"numSent": 3}, 3),
+                store.record_unit("P", "all-b0", {"numSent": 3}, 3),
+                store.record_unit("P", "all-b1", {"numSent": 2}, 2),
+            )
+            finalized = await store.try_finalize("P")
+            row = await collection.find_one({"_id": "P"})
+            assert row is not None
+            return recorded, finalized, row
+        finally:
+            await client.close()
+
+    recorded, finalized, row = asyncio.run(scenario())
+    assert sorted(recorded[:2]) == [False, True] and recorded[2] is True
+    assert finalized
+    assert (row["status"], row["numSent"], row["pushgw"]["devices_done"]) == ("succeeded", 5, 5)
