@@ -34,6 +34,9 @@ class GroupCommit(Generic[Op, Result]):
             except Exception as error:  # every waiter must learn the outcome, whatever it was
                 for _, future in batch:
                     settle(future, error)
+            finally:  # cancelled mid-write (shutdown): its waiters are cancelled too, never left hanging
+                for _, future in batch:
+                    future.cancel()  # a no-op on the settled ones
 
     async def _write(self, batch: list[tuple[Op, asyncio.Future[Result]]]) -> None:
         raise NotImplementedError

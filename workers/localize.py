@@ -42,9 +42,13 @@ class Localizer:
         self._data = data
         self._locales = locales_in(data)
         self._payloads: dict[str | None, dict[str, Any]] = {}
+        self._by_identifier: dict[str | None, dict[str, Any]] = {}  # a fan-out has few distinct identifiers
 
     def payload_for(self, locale_identifier: str | None) -> dict[str, Any]:
-        locale = choose_locale(self._locales, locale_identifier)
-        if locale not in self._payloads:
-            self._payloads[locale] = localized(self._data, locale)
-        return self._payloads[locale]
+        payload = self._by_identifier.get(locale_identifier)
+        if payload is None:
+            locale = choose_locale(self._locales, locale_identifier)
+            if locale not in self._payloads:
+                self._payloads[locale] = localized(self._data, locale)
+            payload = self._by_identifier[locale_identifier] = self._payloads[locale]
+        return payload

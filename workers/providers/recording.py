@@ -21,7 +21,7 @@ from workers.providers.provider import Notification, PushContext
 RECORDED_COLLECTION = "pushgw_recorded"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per delivered device, frozen init costs 3x
 class Recorded:
     push_id: str
     notification: Notification
