@@ -61,11 +61,12 @@ def test_certificate_expiring_within_14_days_is_a_warning(tmp_path: Path) -> Non
 
 
 def test_pem_certificate_with_a_key_that_is_not_its_own_fails(tmp_path: Path) -> None:
-    certificates = write_server_certificates(tmp_path / "tls")
+    certificates = write_server_certificates(tmp_path / "tls")  # valid from 5 minutes ago
+    now = datetime.now(UTC)  # not NOW: the module may have been imported more than 5 minutes ago
     ppns = PpnsSettings(cert_file=certificates.cert_file, key_file=certificates.ca_key_file)
-    check = check_ppns(ppns, NOW)
+    check = check_ppns(ppns, now)
     assert not check.ok and "certificate and key do not load together" in check.detail
-    good = check_ppns(PpnsSettings(cert_file=certificates.cert_file, key_file=certificates.key_file), NOW)
+    good = check_ppns(PpnsSettings(cert_file=certificates.cert_file, key_file=certificates.key_file), now)
     assert good.ok, good.detail
 
 
