@@ -1,11 +1,18 @@
 """PPNS node benchmark: N idle device connections on one real `pushgw ppns` node (issue 5).
 
+The node runs `[ppns] processes = ceil(N / 18,000)` processes (`--node-processes`; docs/ppns.md: one port,
+SO_REUSEPORT, node ids `<id>-<k>`, metrics on `metrics_port + k`) and the load generator ceil(N / 18,000)
+processes, so no process needs more than ~18,000 descriptors (this container's hard RLIMIT_NOFILE is 20,000
+per process). Memory is summed over every process of the node (supervisor + children), connection gauges
+over every metrics port, the receive counts over every load generator.
+
 One run, one process tree (every child is started here and stopped on every exit path, Ctrl-C included):
   1. a SecantusDB (temp storage), a test CA and server certificate (`write_server_certificates`);
   2. per mode (`tls`: the node terminates TLS itself; `plain`: `plain_tcp = true`, what runs behind a TLS
      terminator such as nginx `stream`): start `pushgw ppns` (RLIMIT_NOFILE raised in that child only),
      read its RSS/PSS, then start the load generator, a separate uvloop process (this file with
-     `--loadgen`) that opens N device connections from several 127.0.0.x source addresses, sends a handshake
+     `--loadgen`, one per ≤ 18,000 devices) that open N device connections from several 127.0.0.x source
+     addresses (≤ 20,000 each), send a handshake
      + `{}` each (TLS via ssl.MemoryBIO, so the generator does not pay asyncio's 256 KiB TLS buffers) and
      reads lines, recording the receive time of every push;
   3. idle memory: once the node's `pushgw_ppns_connections` gauge reaches N and has settled, RSS and PSS of
@@ -26,6 +33,15 @@ Run: `.venv/bin/python bench/ppns.py [--connections 1000,10000,50000] [--modes t
 127.0.0.1:5672; `--amqp-url ""` runs the node without a broker: polling only), root or a hard RLIMIT_NOFILE
 above N (the children raise their own limits) and, above ~25,000 connections, several source addresses
 (automatic).
+
+KEEPALIVE: the node runs with `tcp_keepalive_idle_s = 3600` (`--tcp-keepalive-idle-s`), not the default 60.
+On loopback, every keep-alive probe and its ACK pass the kernel's per-CPU input backlog
+(`net.core.netdev_max_backlog`, 1,000 here), and the probes of connections opened within the same few
+seconds fire in the same timer-wheel tick: at 50,000 connections thousands at once, most are dropped
+(`/proc/net/softnet_stat`), the same group is probed again 20 s later in one burst again, and after
+`write_timeout_s` (TCP_USER_TIMEOUT, 120 s) the kernel aborts them (TCPAbortOnTimeout; ~9,000 of 50,000 in
+one run). That is a property of a one-host loopback test, not of idle memory; the run prints the kernel's
+drops and aborts (`kernel:`) so it shows if it happens anyway.
 """
 
 from __future__ import annotations
@@ -34,6 +50,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import resource
@@ -52,7 +69,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from harness import BenchError, free_port, raise_interrupt
+from harness import BenchError, free_port, machine_busy_seconds, rabbitmq_pid, raise_interrupt
 
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parent.parent
@@ -62,6 +79,7 @@ if str(REPO) not in sys.path:
 APP_ID = "benchapp"
 DATABASE = "bench_ppns"
 PER_SOURCE_ADDRESS = 20_000  # well inside the 28k ephemeral ports of one source address
+PER_PROCESS = 18_000  # sockets per load generator / node process: under a hard RLIMIT_NOFILE of 20,000
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 NOFILE = 400_000
@@ -235,7 +253,7 @@ async def loadgen_main(args: argparse.Namespace) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     limit = asyncio.Semaphore(args.concurrency)
     started = time.monotonic()
-    await asyncio.gather(*(gen.connect_one(i, limit) for i in range(args.count)))
+    await asyncio.gather(*(gen.connect_one(i, limit) for i in range(args.offset, args.offset + args.count)))
     ready = sum(
         1 for d in gen.devices if d.ready.done() and not d.ready.cancelled() and d.ready.exception() is None
     )
@@ -307,6 +325,47 @@ def sockstat_tcp_pages() -> int:
     return 0
 
 
+DISTURBED_PERCENT = 20.0  # % of a core used by processes this bench did not start (RabbitMQ aside)
+
+
+class Foreign:
+    """CPU the rest of the machine used during a phase (everything but this bench's process tree and
+    RabbitMQ), in % of one core: above DISTURBED_PERCENT the phase is flagged as disturbed."""
+
+    def __init__(self) -> None:
+        self._wall, self._machine, self._own = time.monotonic(), machine_busy_seconds(), self._own_cpu()
+
+    @staticmethod
+    def _own_cpu() -> float:
+        rabbit = rabbitmq_pid()
+        return cpu_s(process_tree(os.getpid()) + ([rabbit] if rabbit else []))
+
+    def percent(self) -> float:
+        wall = max(1e-6, time.monotonic() - self._wall)
+        machine, own = machine_busy_seconds() - self._machine, self._own_cpu() - self._own
+        return round(100 * max(0.0, machine - own) / wall, 1)
+
+    def say(self, phase: str, result: dict[str, Any]) -> None:
+        foreign = self.percent()
+        result.setdefault("foreign_cpu_percent", {})[phase] = foreign
+        if foreign > DISTURBED_PERCENT:
+            say(
+                f"  !!! other processes used {foreign:.0f} % of a core during {phase}: this phase is disturbed"
+            )
+
+
+def kernel_drops() -> dict[str, int]:
+    """Packets the kernel dropped from its per-CPU input backlog (loopback traffic passes it:
+    `net.core.netdev_max_backlog`) and connections it aborted on a timeout (retransmissions, keep-alive
+    probes, TCP_USER_TIMEOUT), since boot."""
+    softnet = sum(
+        int(line.split()[1], 16) for line in Path("/proc/net/softnet_stat").read_text().splitlines()
+    )
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    tcp_ext = dict(zip(lines[0].split()[1:], lines[1].split()[1:], strict=True))
+    return {"softnet_dropped": softnet, "tcp_abort_on_timeout": int(tcp_ext.get("TCPAbortOnTimeout", 0))}
+
+
 @dataclass
 class Stack:
     tmp: Path
@@ -361,7 +420,7 @@ async def wait_quiet(
     first replays wait for) used under 5 % of a core each over a 0.5 s window: memory and latency are
     measured on an idle node, never after a guessed pause."""
     deadline = time.monotonic() + timeout_s
-    pids = [node.pid, *also]
+    pids = [*process_tree(node.pid), *also]  # `processes > 1`: the supervisor and every node process
     while True:
         before, started = [cpu_s([pid]) for pid in pids], time.monotonic()
         await asyncio.sleep(0.5)  # the sampling window of the CPU measurement, not a synchronisation guess
@@ -372,6 +431,17 @@ async def wait_quiet(
             raise BenchError(f"{what}: process exited with {node.returncode}")
         if time.monotonic() > deadline:
             raise BenchError(f"{what}: still busy after {timeout_s:.0f} s")
+
+
+def metric_sum(ports: list[int], name: str) -> float | None:
+    """`name` summed over the node processes' metrics ports; None while one does not answer."""
+    total = 0.0
+    for port in ports:
+        value = metric(port, name)
+        if value is None:
+            return None
+        total += value
+    return total
 
 
 def metric(port: int, name: str) -> float | None:
@@ -386,7 +456,7 @@ def metric(port: int, name: str) -> float | None:
     return 0.0
 
 
-async def start_secantus(stack: Stack) -> None:
+async def start_secantus(stack: Stack, args: argparse.Namespace) -> None:
     from pymongo import MongoClient
     from pymongo.errors import PyMongoError
 
@@ -398,7 +468,11 @@ async def start_secantus(stack: Stack) -> None:
          "--storage-path", str(storage), "--log-level", "WARNING"],
         stack.tmp / "secantus.log",
     )  # fmt: skip
-    stack.mongo_uri = f"mongodb://127.0.0.1:{port}/"
+    # SecantusDB keeps the reply of every retryable write and, past 10,000 of them, scans and sorts them all
+    # on every write (secantus/transactions.py `_prune_retryable_locked`): from ~10,000 devices on, the
+    # claims and stores would measure that, not pushgw. `--mongo-retry-writes` keeps the driver's default.
+    retry = "" if args.mongo_retry_writes else "?retryWrites=false"
+    stack.mongo_uri = f"mongodb://127.0.0.1:{port}/{retry}"
     probe: MongoClient[dict[str, Any]] = MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=250)
 
     def pings() -> bool:
@@ -414,16 +488,33 @@ async def start_secantus(stack: Stack) -> None:
         probe.close()
 
 
-def write_config(stack: Stack, mode: str, port: int, metrics_port: int, args: argparse.Namespace) -> Path:
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive free ports (the node processes' metrics ports: port + k)."""
+    for _ in range(100):
+        first = free_port()
+        try:
+            for k in range(1, count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", first + k))
+        except OSError:
+            continue
+        return first
+    raise BenchError(f"no {count} consecutive free ports")
+
+
+def write_config(
+    stack: Stack, mode: str, port: int, metrics_port: int, processes: int, args: argparse.Namespace
+) -> Path:
     path = stack.tmp / f"pushgw-{mode}.toml"
     tls = ""
     if mode == "tls":
         tls = f'cert_file = "{stack.tmp / "tls" / "server.pem"}"\nkey_file = "{stack.tmp / "tls" / "server-key.pem"}"\n'
     path.write_text(
         f'[mongo]\nuri = "{stack.mongo_uri}"\ntimeout_ms = 30000\n\n'
-        f'[ppns]\nhost = "127.0.0.1"\nport = {port}\nmetrics_port = {metrics_port}\n'
+        f'[ppns]\nhost = "127.0.0.1"\nport = {port}\nmetrics_port = {metrics_port}\nprocesses = {processes}\n'
         f"plain_tcp = {'false' if mode == 'tls' else 'true'}\n{tls}"
-        f"poll_interval_s = {args.poll_interval_s}\nhandshake_timeout_s = 30\n\n"
+        f"poll_interval_s = {args.poll_interval_s}\nhandshake_timeout_s = 30\n"
+        f"tcp_keepalive_idle_s = {args.tcp_keepalive_idle_s}\n\n"
         + (f'[queue]\nurl = "{args.amqp_url}"\nprefix = "{stack.queue_prefix}"\n\n' if args.amqp_url else "")
         + '[log]\nlevel = "warning"\n\n'
         f'[[apps]]\napp_id = "{APP_ID}"\nmaster_key = "master"\nmongo_database = "{DATABASE}"\n'
@@ -432,6 +523,8 @@ def write_config(stack: Stack, mode: str, port: int, metrics_port: int, args: ar
 
 
 class LoadGenClient:
+    """One load generator process (its own ≤ PER_PROCESS connections)."""
+
     def __init__(self, stack: Stack, process: subprocess.Popen[bytes]) -> None:
         self.stack, self.process = stack, process
 
@@ -448,6 +541,61 @@ class LoadGenClient:
         self.process.stdin.write(json.dumps(command).encode() + b"\n")
         self.process.stdin.flush()
         return await self.read(timeout_s)
+
+
+class LoadGenPool:
+    """Every load generator process of a run, asked and answered as one."""
+
+    def __init__(self, stack: Stack, processes: list[subprocess.Popen[bytes]]) -> None:
+        self.stack = stack
+        self.members = [LoadGenClient(stack, process) for process in processes]
+
+    async def connected(self, timeout_s: float) -> dict[str, Any]:
+        answers = await asyncio.gather(*(member.read(timeout_s) for member in self.members))
+        return {
+            "event": "connected",
+            "ready": sum(a["ready"] for a in answers),
+            "seconds": max(a["seconds"] for a in answers),
+            "errors": merge_counts([a["errors"] for a in answers]),
+            "per_process": [a["ready"] for a in answers],
+        }
+
+    async def stats(self) -> dict[str, Any]:
+        answers = await asyncio.gather(*(member.ask({"cmd": "stats"}, 30) for member in self.members))
+        return {"event": "stats", "rss_kib": sum(a["rss_kib"] for a in answers),
+                "lost": sum(a["lost"] for a in answers), "processes": len(answers)}  # fmt: skip
+
+    async def report(self, push_ids: list[str], expect: int, timeout_s: float) -> dict[str, Any]:
+        """Receive counts summed over the processes (a push's devices may be on any of them): polls
+        every process (each answers at once) until every push reached `expect` devices or `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        command = {"cmd": "report", "push_ids": push_ids, "expect": 0, "timeout_s": 0}
+        while True:
+            answers = await asyncio.gather(*(member.ask(command, 60) for member in self.members))
+            pushes: dict[str, list[Any]] = {}
+            for push_id in push_ids:
+                seen = [a["pushes"][push_id] for a in answers if a["pushes"][push_id][0]]
+                pushes[push_id] = (
+                    [sum(e[0] for e in seen), min(e[1] for e in seen), max(e[2] for e in seen)]
+                    if seen
+                    else [0, None, None]
+                )
+            if all(pushes[p][0] >= expect for p in push_ids) or time.monotonic() > deadline:
+                return {
+                    "event": "report",
+                    "pushes": pushes,
+                    "lost": sum(a["lost"] for a in answers),
+                    "errors": merge_counts([a["errors"] for a in answers]),
+                }
+            await asyncio.sleep(0.02)  # poll interval, up to the deadline above
+
+
+def merge_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for each in counts:
+        for key, value in each.items():
+            merged[key] = merged.get(key, 0) + value
+    return merged
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -497,19 +645,20 @@ async def store_bulk(backlog: Any, prefix: str, push_id: str) -> float:
 
 
 async def measure_idle(
-    node: subprocess.Popen[bytes], metrics_port: int, count: int, database_pid: int
+    node: subprocess.Popen[bytes], metrics_ports: list[int], count: int, database_pid: int
 ) -> dict[str, Any]:
     """Wait for `count` registered connections, let claims and first replays settle (node and database
     idle: a connection counts as registered before its claim is written), read memory."""
     await wait_until(
-        lambda: (metric(metrics_port, "pushgw_ppns_connections") or 0) >= count,
+        lambda: (metric_sum(metrics_ports, "pushgw_ppns_connections") or 0) >= count,
         "registered connections", node, max(60.0, count / 200),
     )  # fmt: skip
     await wait_quiet(
         node, "the node settling (claims and first replays)", max(300.0, count / 50), (database_pid,)
     )
     memory = tree_memory(node.pid)
-    memory["connections"] = metric(metrics_port, "pushgw_ppns_connections")
+    memory["connections"] = metric_sum(metrics_ports, "pushgw_ppns_connections")
+    memory["per_process"] = [metric(port, "pushgw_ppns_connections") for port in metrics_ports]
     return memory
 
 
@@ -530,60 +679,81 @@ async def run_mode(
     from pushgw.settings import load_settings
     from workers.providers.ppns import PpnsProvider
 
-    port, metrics_port = free_port(), free_port()
-    config = write_config(stack, mode, port, metrics_port, args)
+    node_processes = args.node_processes or max(1, math.ceil(count / PER_PROCESS))
+    port, metrics_port = free_port(), free_port_run(node_processes)
+    metrics_ports = [metrics_port + k for k in range(node_processes)]
+    config = write_config(stack, mode, port, metrics_port, node_processes, args)
     log = stack.tmp / f"node-{mode}-{count}.log"
     node = stack.spawn([sys.executable, "-m", "pushgw.cli", "ppns", "--config", str(config)], log)
     await wait_until(
-        lambda: metric(metrics_port, "pushgw_ppns_connections") is not None,
+        lambda: metric_sum(metrics_ports, "pushgw_ppns_connections") is not None,
         "pushgw ppns",
         node,
         START_TIMEOUT_S,
     )
     await wait_quiet(node, "the node idling after start")
     before = tree_memory(node.pid)
-    tcp_before = sockstat_tcp_pages()
+    tcp_before, drops_before = sockstat_tcp_pages(), kernel_drops()
     prefix = f"{mode[0]}{count}-"
-    argv = [sys.executable, str(SCRIPT), "--loadgen", "--port", str(port),
-            "--count", str(count), "--prefix", prefix, "--concurrency", str(args.connect_concurrency)]  # fmt: skip
-    if mode == "tls":
-        argv += ["--ca-file", str(stack.tmp / "tls" / "ca.pem")]
-    process = stack.spawn(argv, stack.tmp / f"loadgen-{mode}-{count}.log", pipes=True)
-    gen = LoadGenClient(stack, process)
+    generators = max(1, math.ceil(count / PER_PROCESS))
+    share = math.ceil(count / generators)
+    processes = []
+    for k, offset in enumerate(range(0, count, share)):
+        argv = [sys.executable, str(SCRIPT), "--loadgen", "--port", str(port), "--offset", str(offset),
+                "--count", str(min(share, count - offset)), "--prefix", prefix,
+                "--concurrency", str(max(1, args.connect_concurrency // generators))]  # fmt: skip
+        if mode == "tls":
+            argv += ["--ca-file", str(stack.tmp / "tls" / "ca.pem")]
+        processes.append(stack.spawn(argv, stack.tmp / f"loadgen-{mode}-{count}-{k}.log", pipes=True))
+    gen = LoadGenPool(stack, processes)
     result["node_before"] = before
+    result["node_processes"], result["loadgen_processes"] = node_processes, len(processes)
     stack.node_pid = node.pid
+    say(f"{mode} {count}: node of {node_processes} process(es), {len(processes)} load generator(s)")
     try:
-        connected = await gen.read(timeout_s=max(120.0, count / 100))
+        foreign = Foreign()
+        connected = await gen.connected(timeout_s=max(120.0, count / 100))
         result["connect"] = connected
         say(
             f"{mode} {count}: {connected['ready']} ready in {connected['seconds']:.1f} s {connected['errors']}"
+            f" (per load generator {connected['per_process']})"
         )
-        idle = await measure_idle(node, metrics_port, connected["ready"], stack.children[0].pid)
+        idle = await measure_idle(node, metrics_ports, connected["ready"], stack.children[0].pid)
+        foreign.say("connect and settle", result)
+        say(f"{mode} {count}: idle, node processes hold {idle['per_process']}, {idle['processes']} processes")
         result["node_idle"] = idle
         result["kernel_tcp_kib"] = max(0, sockstat_tcp_pages() - tcp_before) * 4
         ready = max(1, connected["ready"])
         result["kib_per_connection_rss"] = (idle["rss_kib"] - before["rss_kib"]) / ready
         result["kib_per_connection_pss"] = (idle["pss_kib"] - before["pss_kib"]) / ready
-        result["loadgen"] = await gen.ask({"cmd": "stats"}, 30)
+        result["loadgen"] = await gen.stats()
         client = create_client(stack.mongo_uri, 30_000)
         provider = PpnsProvider(load_settings(config), client)
         try:
             backlog = open_backlogs(client, load_settings(config))[APP_ID]
             ids = [f"{prefix}{i:07d}" for i in range(count)]
             # latency first: after a broadcast the node may still be working through it
+            foreign = Foreign()
             await latency(gen, provider, ids, result, args)
+            foreign.say("latency", result)
+            foreign = Foreign()
             await broadcast(gen, backlog, provider, ids, ready, result, args)
+            foreign.say("broadcast", result)
+            after = kernel_drops()
+            result["kernel_drops"] = {key: after[key] - drops_before[key] for key in after}
+            say(f"  kernel: {result['kernel_drops']} (loopback packets dropped, connections aborted)")
         finally:
             await provider.close()
             await client.close()
     finally:
-        stack.stop(process)
+        for process in processes:
+            stack.stop(process)
         stack.stop(node)
-        stack.children = [c for c in stack.children if c not in (process, node)]
+        stack.children = [c for c in stack.children if c not in (*processes, node)]
 
 
 async def broadcast(
-    gen: LoadGenClient,
+    gen: LoadGenPool,
     backlog: Any,
     provider: Any,
     ids: list[str],
@@ -593,18 +763,15 @@ async def broadcast(
 ) -> None:
     push_id = f"B{random.randrange(10**9):09d}"
     stack = gen.stack
-    pids = [stack.children[0].pid, stack.node_pid]
-    cpu_before = [cpu_s([pid]) for pid in pids]
+    groups = [[stack.children[0].pid], process_tree(stack.node_pid)]  # SecantusDB, every node process
+    cpu_before = [cpu_s(group) for group in groups]
     started = time.time()
     if args.broadcast_store == "bulk":
         store_s = await store_bulk(backlog, ids[0][: ids[0].index("-") + 1], push_id)
     else:
         store_s = await store_all(provider, ids, push_id, args.batch_size, args.store_concurrency)
-    report = await gen.ask(
-        {"cmd": "report", "push_ids": [push_id], "expect": ready, "timeout_s": args.broadcast_timeout_s},
-        args.broadcast_timeout_s + 60,
-    )
-    cpu = [cpu_s([pid]) - before for pid, before in zip(pids, cpu_before, strict=True)]
+    report = await gen.report([push_id], ready, args.broadcast_timeout_s)
+    cpu = [cpu_s(group) - before for group, before in zip(groups, cpu_before, strict=True)]
     received, _first, last = report["pushes"][push_id]
     result["broadcast"] = {
         "store_s": store_s,
@@ -620,7 +787,7 @@ async def broadcast(
 
 
 async def latency(
-    gen: LoadGenClient, provider: Any, ids: list[str], result: dict[str, Any], args: argparse.Namespace
+    gen: LoadGenPool, provider: Any, ids: list[str], result: dict[str, Any], args: argparse.Namespace
 ) -> None:
     """Single pushes through PpnsProvider.send (one-device batches); latency = device receive − the
     *start* of `send` (store + live message included), and − its return (the provider counted it Sent)."""
@@ -633,7 +800,7 @@ async def latency(
         await provider.send(push, notifications)
         returned[push_id] = time.time()
         await asyncio.sleep(random.uniform(0.005, 0.03))  # paces the samples: a trickle, not a burst
-    report = await gen.ask({"cmd": "report", "push_ids": list(started), "expect": 1, "timeout_s": 20}, 60)
+    report = await gen.report(list(started), 1, 20)
     values = [(report["pushes"][p][1] - t) * 1000 for p, t in started.items() if report["pushes"][p][1]]
     after_sent = [(report["pushes"][p][1] - t) * 1000 for p, t in returned.items() if report["pushes"][p][1]]
     result["latency_ms"] = {
@@ -705,14 +872,14 @@ async def run(stack: Stack, args: argparse.Namespace, runs: list[dict[str, Any]]
     from pushgw.emulators.tls import write_server_certificates
 
     write_server_certificates(stack.tmp / "tls")
-    await start_secantus(stack)
+    await start_secantus(stack, args)
     for count in args.connections:
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if count + 200 > limit:
-            say(
-                f"RLIMIT_NOFILE is {limit:,} (hard limit; raising it needs CAP_SYS_RESOURCE): the node and the"
-            )
-            say(f"load generator cannot each hold {count:,} sockets, expect EMFILE")
+        node_share = math.ceil(count / (args.node_processes or max(1, math.ceil(count / PER_PROCESS))))
+        per_process = max(node_share, math.ceil(count / max(1, math.ceil(count / PER_PROCESS))))
+        if per_process + 200 > limit:
+            say(f"RLIMIT_NOFILE is {limit:,} (hard limit; raising it needs CAP_SYS_RESOURCE): a node or load")
+            say(f"generator process cannot hold {per_process:,} sockets, expect EMFILE")
         for mode in args.modes:
             say(f"{mode}: {count:,} connections")
             result: dict[str, Any] = {"mode": mode, "connections": count}
@@ -738,13 +905,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--store-concurrency", type=int, default=2, help="provider batches in flight")
     add("--broadcast-timeout-s", type=float, default=120.0)
     add("--broadcast-store", choices=("bulk", "provider"), default="provider")
-    add("--connect-concurrency", type=int, default=200)
+    add(
+        "--mongo-retry-writes",
+        action="store_true",
+        help="keep retryable writes on (SecantusDB: an O(n log n) scan per write past 10,000 of them)",
+    )
+    add(
+        "--tcp-keepalive-idle-s",
+        type=int,
+        default=3600,
+        help="the node's tcp_keepalive_idle_s (default 3600, not 60: see KEEPALIVE below)",
+    )
+    add("--connect-concurrency", type=int, default=200, help="connects in flight, over all load generators")
+    add(
+        "--node-processes",
+        type=int,
+        default=0,
+        help=f"[ppns] processes of the node (default: one per {PER_PROCESS:,} connections)",
+    )
     add("--json", action="store_true")
     add("--keep-logs", type=Path)
     # load generator (child) options
     add("--loadgen", action="store_true", help=argparse.SUPPRESS)
     add("--port", type=int, help=argparse.SUPPRESS)
     add("--count", type=int, help=argparse.SUPPRESS)
+    add("--offset", type=int, default=0, help=argparse.SUPPRESS)
     add("--prefix", help=argparse.SUPPRESS)
     add("--concurrency", type=int, default=200, help=argparse.SUPPRESS)
     add("--ca-file", help=argparse.SUPPRESS)

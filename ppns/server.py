@@ -54,8 +54,11 @@ class PpnsServer:
     """One node: the listener, its live connections, its node queue (live pushes) and the safety-net
     sweep of the backlog."""
 
-    def __init__(self, settings: Settings, client: AsyncMongoClient[Document]) -> None:
+    def __init__(
+        self, settings: Settings, client: AsyncMongoClient[Document], *, reuse_port: bool = False
+    ) -> None:
         self._settings = settings.ppns or PpnsSettings()
+        self._reuse_port = reuse_port  # one of `processes` nodes sharing the port (ppns/processes.py)
         self.node_id = self._settings.node_id or default_node_id()
         backlogs = open_backlogs(client, settings)
         registry = Registry()
@@ -112,7 +115,7 @@ class PpnsServer:
         if self._link is not None:
             await self._link.start()  # before listening: a device's first live push finds the queue
         listener = socket.create_server(
-            (self._settings.host, self._settings.port), backlog=1024, reuse_port=False
+            (self._settings.host, self._settings.port), backlog=1024, reuse_port=self._reuse_port
         )
         # Accepted sockets inherit SO_LINGER/SO_KEEPALIVE, so even a failed TLS handshake ends in RST.
         configure_socket(listener, self._settings)
@@ -198,8 +201,9 @@ class PpnsServer:
         return len(self._connections)
 
 
-async def run_node_until(settings: Settings, stop: asyncio.Event) -> None:
-    """Run one PPNS node until `stop` is set (SIGTERM), then reset its connections and exit."""
+async def run_node_until(settings: Settings, stop: asyncio.Event, *, reuse_port: bool = False) -> None:
+    """Run one PPNS node until `stop` is set (SIGTERM), then reset its connections and exit.
+    `reuse_port`: bind with SO_REUSEPORT, one of several node processes on the port."""
     embedded = None
     uri = settings.mongo.uri
     if uri is None:
@@ -207,7 +211,7 @@ async def run_node_until(settings: Settings, stop: asyncio.Event) -> None:
         await embedded.start()
         uri = embedded.uri
     client = create_client(uri, settings.mongo.timeout_ms)
-    server = PpnsServer(settings, client)
+    server = PpnsServer(settings, client, reuse_port=reuse_port)
     ppns = settings.ppns or PpnsSettings()
     metrics_server = None
     try:

@@ -10,9 +10,10 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 import uvloop
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from pymongo.errors import PyMongoError
 
+from ppns.processes import run_processes
 from ppns.server import run_node_until
 from pushgw import doctor, push_commands, send_command
 from pushgw.app import build_app
@@ -24,7 +25,7 @@ from pushgw.errors import PushgwError
 from pushgw.http_server import dev_banner, intake_server, serve_processes
 from pushgw.logs import configure_logging, get_logger
 from pushgw.mongo import app_database
-from pushgw.settings import AppSettings, ConfigError, QueueSettings, Settings, load_settings
+from pushgw.settings import AppSettings, ConfigError, PpnsSettings, QueueSettings, Settings, load_settings
 from workers.providers.recording import RecordingProvider
 from workers.providers.registry import build_providers
 from workers.worker import run_worker_until
@@ -63,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text, description=text)
         _config_option(command)
         command.set_defaults(run=run)
+    commands.choices["ppns"].add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="node processes on the port (SO_REUSEPORT), overrides [ppns] processes; see docs/ppns.md",
+    )
     _push_commands(commands)
     send = commands.add_parser("send", help="send a push through the intake and wait until it is final")
     send_command.add_send_arguments(send)
@@ -229,7 +236,11 @@ def _recorder(settings: Settings, connections: Connections, clock: SystemClock) 
         databases = {app.app_id: app_database(connections.mongo, app) for app in settings.apps}
     recording = settings.recording
     return RecordingProvider(
-        clock, fail_tokens=recording.fail_tokens, databases=databases, latency_ms=recording.latency_ms
+        clock,
+        fail_tokens=recording.fail_tokens,
+        databases=databases,
+        journal=recording.file if recording.store == "file" else None,
+        latency_ms=recording.latency_ms,
     )
 
 
@@ -242,14 +253,27 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-def run_ppns(settings: Settings, _: argparse.Namespace) -> int:
+def run_ppns(settings: Settings, args: argparse.Namespace) -> int:
     ppns = settings.ppns
     if ppns is None:
         raise ConfigError("ppns: no [ppns] section configured; see docs/ppns.md")
+    if args.processes is not None:
+        try:
+            ppns = PpnsSettings.model_validate({**ppns.model_dump(), "processes": args.processes})
+        except ValidationError as error:
+            problems = "; ".join(problem["msg"] for problem in error.errors())
+            raise ConfigError(f"--processes {args.processes}: {problems}") from None
+        settings = settings.model_copy(update={"ppns": ppns})
     if not settings.apps:
         raise ConfigError("apps: no [[apps]] configured; add one with app_id and master_key")
     if not ppns.plain_tcp and (ppns.cert_file is None or ppns.key_file is None):
         raise ConfigError("ppns.cert_file and ppns.key_file are required unless ppns.plain_tcp = true")
+    if ppns.processes > 1:
+        if not sys.platform.startswith("linux"):
+            raise ConfigError("ppns.processes > 1 needs Linux (SO_REUSEPORT balancing, PR_SET_PDEATHSIG)")
+        if settings.mongo.uri is None:
+            raise ConfigError("ppns.processes > 1 needs mongo.uri: the processes share one database")
+        return run_processes(settings)
     return _run(_run_ppns(settings))
 
 

@@ -124,9 +124,18 @@ class RecordingSettings(Section):
     """
 
     transports: list[Literal["apns", "fcm", "ppns"]] = Field(default_factory=list)
-    store: Literal["memory", "mongo"] = "memory"
+    # memory: in the process; mongo: a `pushgw_recorded` row each; file: a JSON line each, appended to
+    # `file` (what benchmarks use, so recording does not load the database being measured)
+    store: Literal["memory", "mongo", "file"] = "memory"
+    file: Path | None = None
     fail_tokens: dict[str, str] = Field(default_factory=dict)
     latency_ms: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _file_for_file_store(self) -> RecordingSettings:
+        if self.store == "file" and self.file is None:
+            raise ValueError('store = "file" needs `file`, the path deliveries are appended to')
+        return self
 
 
 class LogSettings(Section):
@@ -228,7 +237,21 @@ class PpnsSettings(Section):
     poll_interval_without_broker_s: float = Field(default=0.25, gt=0)  # `queue.url = memory://`: no live path
     written_interval_s: float = Field(default=0.5, gt=0)  # `written_time` bulk updates
     metrics_host: str = "127.0.0.1"
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # processes > 1: port + k for process k
+    processes: int = Field(default=1, ge=1, le=64)  # > 1: node processes on one port (SO_REUSEPORT)
+
+    @model_validator(mode="after")
+    def _room_for_processes(self) -> PpnsSettings:
+        if self.processes == 1:
+            return self
+        last = self.processes - 1
+        if self.node_id is not None and len(f"{self.node_id}-{last}") > 100:
+            raise ValueError(
+                f"node_id: at most {99 - len(str(last))} characters with processes = {self.processes}"
+            )
+        if self.metrics_port and self.metrics_port + last > 65535:
+            raise ValueError(f"metrics_port: port + {last} (the last process's) exceeds 65535")
+        return self
 
     def push_line_limit(self, app_id: str, installation_id: str) -> int:
         """The longest push line (JSON + LF) this installation's client can take."""

@@ -16,7 +16,7 @@ from pushgw.credential_checks import Check, check_credentials
 from pushgw.metrics import CREDENTIAL_PAUSES
 from pushgw.mongo import Document
 from pushgw.queue_depths import BrokerUnreachable, QueueProbe
-from pushgw.settings import AppSettings, Settings
+from pushgw.settings import AppSettings, PpnsSettings, Settings
 
 _CREDENTIALS_CACHE_S = 60.0  # the checks read files and sign: once a minute is plenty
 _PPNS_GAUGE = "pushgw_ppns_connections"
@@ -67,7 +67,7 @@ class Overview:
         elif ppns.metrics_port is None:
             answer["note"] = "set [ppns] metrics_port so the console can read pushgw_ppns_connections"
         else:
-            answer.update(await _scrape_connections(ppns.metrics_host, ppns.metrics_port))
+            answer.update(await _scrape_node(ppns))
         return answer
 
     async def _provider_pauses(self, app: AppSettings) -> list[dict[str, Any]]:
@@ -123,6 +123,17 @@ async def _fetch(url: str) -> str | None:
             return (await client.get(url)).text
     except httpx2.HTTPError:
         return None
+
+
+async def _scrape_node(ppns: PpnsSettings) -> dict[str, Any]:
+    """The node's gauge; with `processes` > 1, summed over its processes' ports (`metrics_port + k`)."""
+    assert ppns.metrics_port is not None
+    count = ppns.processes if ppns.metrics_port else 1
+    answers = [await _scrape_connections(ppns.metrics_host, ppns.metrics_port + k) for k in range(count)]
+    for answer in answers:
+        if "note" in answer:
+            return answer
+    return {"connected": sum(int(answer["connected"]) for answer in answers)}
 
 
 async def _scrape_connections(host: str, port: int) -> dict[str, Any]:

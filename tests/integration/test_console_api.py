@@ -17,7 +17,7 @@ from tests.fixtures.emulators import ProviderFleet, apns_credential, seed_instal
 from tests.fixtures.gateway import RunningGateway, SettingsFactory, app_config
 from tests.fixtures.mongo import MongoServer
 from tests.fixtures.parse_data import installation
-from tests.fixtures.ports import free_port
+from tests.fixtures.ports import free_port, free_port_pair
 from tests.fixtures.ppns_devices import LINUX, connect_device, wait_for
 from tests.fixtures.processes import ProcessFactory
 from tests.fixtures.rabbit import RabbitAdmin
@@ -77,6 +77,47 @@ def test_overview_shows_queue_depths_and_connected_ppns_devices(
     assert [(push["status"], push["target"], push["final"]) for push in pushes] == [
         ("pending", "channels: a", False)
     ] * 2
+
+
+def gauge(metrics_port: int) -> float:
+    text = httpx2.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).text
+    return next(
+        float(line.split()[1]) for line in text.splitlines() if line.startswith("pushgw_ppns_connections ")
+    )
+
+
+def test_overview_sums_the_connections_of_every_ppns_node_process(
+    make_settings: SettingsFactory, gateway_factory: GatewayFactory, pushgw_processes: ProcessFactory,
+    tmp_path: Path, mongo_server: MongoServer, db_name: str,
+) -> None:  # fmt: skip
+    certificates = write_server_certificates(tmp_path / "tls")
+    port, metrics_port = free_port(), until(free_port_pair, what="two adjacent free ports")
+    ppns = {"host": "127.0.0.1", "port": port, "cert_file": str(certificates.cert_file),
+            "key_file": str(certificates.key_file), "metrics_port": metrics_port, "processes": 2}  # fmt: skip
+    config = tmp_path / "ppns.toml"
+    config.write_text(
+        f'[mongo]\nuri = "{mongo_server.uri}"\n[ppns]\n'
+        + "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in ppns.items())
+        + f'[[apps]]\napp_id = "app1"\nmaster_key = "master1"\nmongo_database = "{db_name}"\n'
+    )
+    node = pushgw_processes.start("ppns", "--config", str(config))
+    for each in (metrics_port, metrics_port + 1):
+        node.wait_ready(f"http://127.0.0.1:{each}/metrics")
+    client = gateway_factory(make_settings(ppns=ppns)).client()
+    assert log_in(client).status_code == 303
+    devices: list[Any] = []
+    try:
+        while not all(gauge(metrics_port + k) for k in (0, 1)):  # the kernel spreads them: ~1 in 2 each
+            assert len(devices) < 40, "every device landed on one process"
+            devices.append(connect_device(port, certificates.ca_file, LINUX))
+            devices[-1].send_handshake()
+            wait_for(devices[-1], lambda: devices[-1].heartbeats == 1, "pong")
+        until(lambda: client.get("/console/api/overview").json()["ppns"]["connected"] == len(devices),
+              timeout_s=10, interval_s=0.1, what="the console to count the devices of both processes")  # fmt: skip
+    finally:
+        for device in devices:
+            device.close()
+    assert node.terminate() == 0
 
 
 def test_login_follows_the_intake_rules(
