@@ -10,13 +10,16 @@ One run, one process tree:
   3. fan-out, per size: drain the planner's exact audience cursor with nothing else running (the database
      ceiling, before and after the push), POST `{"channels": ["news"]}`, poll `_PushStatus` until final;
   4. transactional: restart the workers with `store = "file"` (each delivery is a JSON line in one journal
-     file, stamped with the worker's clock: recording adds no load to the database being measured), POST N single-user pushes from a few keep-alive clients as fast as
-     the intake accepts them, then latency = first recorded delivery − the client's 200 arrival, per push;
+     file, stamped with the worker's clock: recording adds no load to the database being measured), POST N
+     single-user pushes from a few keep-alive clients as fast as the intake accepts them (the throughput
+     target), then the same number paced at `--tx-rate` (default 500/s: the latency target, judged where
+     the fleet is offered the target rate rather than more than it can take); latency = first recorded
+     delivery − the client's 200 arrival, per push;
   5. print the issue's targets with PASS/MISS, optionally one JSON object; stop every process, delete the
      queues and exchanges of the prefix and the temp dir, also on Ctrl-C or error.
 
 Run: `.venv/bin/python bench/fanout.py [--sizes 100000,200000] [--million] [--transactional 1000]
-[--skip-fanout] [--json] [--profile DIR] [--mongo-timeout-ms MS]`.
+[--tx-rate 500] [--skip-fanout] [--json] [--profile DIR] [--mongo-timeout-ms MS]`.
 """
 
 from __future__ import annotations
@@ -784,14 +787,17 @@ class TxLoad:
         self.samples.setdefault(kind, detail[:300])
 
 
-async def tx_client(port: int, bodies: Iterator[bytes], load: TxLoad, deadline: float) -> None:
-    """One keep-alive connection taking pushes from the shared iterator until it is empty or time is up."""
+async def tx_client(port: int, bodies: Iterator[tuple[float, bytes]], load: TxLoad, deadline: float) -> None:
+    """One keep-alive connection taking pushes from the shared iterator until it is empty or time is up;
+    each is sent no earlier than its due time (monotonic clock; 0: at once)."""
     connection = HttpConnection(port)
     try:
-        for body in bodies:
+        for due, body in bodies:
             if time.monotonic() > deadline:
                 load.unsent += 1
                 continue
+            if (wait_s := due - time.monotonic()) > 0:
+                await asyncio.sleep(wait_s)  # pacing an open-loop load, not waiting for a result
             started = time.perf_counter()
             try:
                 status, headers, answer = await connection.request("POST", "/parse/push", body)
@@ -808,9 +814,16 @@ async def tx_client(port: int, bodies: Iterator[bytes], load: TxLoad, deadline: 
         await connection.close()
 
 
-async def send_transactional(port: int, indices: list[int], concurrency: int, window_s: float) -> TxLoad:
-    load, bodies = TxLoad(), iter([push_body(user_push(index)) for index in indices])
-    started, deadline = time.perf_counter(), time.monotonic() + window_s
+async def send_transactional(
+    port: int, indices: list[int], concurrency: int, window_s: float, rate: float
+) -> TxLoad:
+    """POST one push per index from `concurrency` clients: as fast as the intake answers (`rate` 0), or
+    push k due at start + k / `rate` (an open-loop load at that rate, as long as the clients keep up)."""
+    begin = time.monotonic()
+    schedule = [begin + k / rate if rate else 0.0 for k in range(len(indices))]
+    load = TxLoad()
+    bodies = iter(list(zip(schedule, [push_body(user_push(index)) for index in indices], strict=True)))
+    started, deadline = time.perf_counter(), begin + window_s
     await asyncio.gather(*(tx_client(port, bodies, load, deadline) for _ in range(concurrency)))
     load.elapsed_s = time.perf_counter() - started
     return load
@@ -892,7 +905,8 @@ def tx_users(population: int, count: int) -> list[int]:
     return [k * population // count for k in range(count)]
 
 
-async def transactional_run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+async def transactional_run(stack: Stack, args: argparse.Namespace, rate: float = 0.0) -> dict[str, Any]:
+    """`args.transactional` single-user pushes, as fast as the intake accepts them (`rate` 0) or paced."""
     seeding = await top_up(stack, max(stack.seeded, args.tx_installations or max(args.sizes)))
     indices = tx_users(stack.seeded, min(args.transactional, stack.seeded))
     await seed_users(stack, indices)
@@ -906,12 +920,13 @@ async def transactional_run(stack: Stack, args: argparse.Namespace) -> dict[str,
         f"  {cost['median_ms']:.0f} ms per single-user query → ≤ {cost['pushes_per_s_ceiling']} pushes/s "
         f"(indexed read without hint/$or: {cost['indexed_read_median_ms']} ms)"
     )
-    say(f"sending {len(indices):,} single-user pushes, {args.tx_concurrency} clients")
+    pace = f"paced at {rate:g}/s" if rate else "as fast as the intake accepts them"
+    say(f"sending {len(indices):,} single-user pushes, {args.tx_concurrency} clients, {pace}")
     baseline = await final_count(stack)
     profiles = start_profilers(stack, args.profile, "transactional")
     meter, marks = CpuMeter(stack.pids()), log_marks(stack.worker_logs)
     ops_before, db_cpu_before = await opcounters(stack), cpu_seconds(stack.pids()["secantus"])
-    load = await send_transactional(stack.http_port, indices, args.tx_concurrency, args.tx_deadline)
+    load = await send_transactional(stack.http_port, indices, args.tx_concurrency, args.tx_deadline, rate)
     say(
         f"  {len(load.accepted):,} accepted in {load.elapsed_s:.1f} s ({load.unsent:,} not sent: window over)"
     )
@@ -926,7 +941,7 @@ async def transactional_run(stack: Stack, args: argparse.Namespace) -> dict[str,
         say(f"!!! {len(ids) - final:,} pushes not final after {args.tx_deadline:.0f} s")
     return await tx_result(stack, load, ids, final) | {
         "population": stack.seeded, "seeding": seeding, "single_user_query": cost, "unsent": load.unsent,
-        "concurrency": args.tx_concurrency, "cpu_percent_of_one_core": cpu, "db_work": db_work,
+        "concurrency": args.tx_concurrency, "offered_rate": rate, "cpu_percent_of_one_core": cpu, "db_work": db_work,
         "worker_log": log_events(stack.worker_logs, marks),
     } | ({"profile": profile} if profile else {})  # fmt: skip
 
@@ -996,16 +1011,23 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         })  # fmt: skip
     tx = results.get("transactional")
     if tx:
-        p99 = tx["latency_ms_all"]["p99"]
         rows.append(
             {
-                "name": f"transactional ≥ {TARGET_TX_RATE:g} pushes/s (completed)",
+                "name": f"transactional ≥ {TARGET_TX_RATE:g} pushes/s (completed, at the intake's pace)",
                 "value": f"{tx['completed_per_s']}/s",
                 "pass": tx["completed_per_s"] >= TARGET_TX_RATE,
             }
         )
-        rows.append({"name": f"transactional p99 accept→provider ≤ {TARGET_TX_P99_MS:g} ms",
-                     "value": f"{p99} ms", "pass": p99 <= TARGET_TX_P99_MS})  # fmt: skip
+    # The latency target holds at the target rate: from the paced run when there is one. A run offered more
+    # than the fleet completes measures its queue instead (its p99 is printed with it).
+    measured = results.get("transactional_paced") or tx
+    if measured:
+        p99, offered = measured["latency_ms_all"]["p99"], measured["offered_rate"]
+        at = f"at {offered:g}/s offered" if offered else "at the intake's pace"
+        kept_up = not offered or measured["completed_per_s"] >= 0.95 * offered
+        rows.append({"name": f"transactional p99 accept→provider ≤ {TARGET_TX_P99_MS:g} ms ({at})",
+                     "value": f"{p99} ms" + ("" if kept_up else f", completed only {measured['completed_per_s']}/s"),
+                     "pass": p99 <= TARGET_TX_P99_MS and kept_up})  # fmt: skip
     return rows
 
 
@@ -1065,8 +1087,9 @@ def print_profile(profile: dict[str, Any]) -> None:
 
 def print_transactional(tx: dict[str, Any]) -> None:
     cost = tx["single_user_query"]
+    pace = f"paced at {tx['offered_rate']:g}/s" if tx["offered_rate"] else "at the intake's pace"
     print(
-        f"transactional  {tx['accepted']:,} of {tx['pushes']:,} accepted at {tx['accepted_per_s']}/s "
+        f"transactional ({pace})  {tx['accepted']:,} of {tx['pushes']:,} accepted at {tx['accepted_per_s']}/s "
         f"(intake latency {latency_text(tx['intake_latency_ms'])}), {tx['concurrency']} clients, "
         f"{tx['population']:,} installations"
     )
@@ -1121,8 +1144,9 @@ def print_report(results: dict[str, Any]) -> None:
     )
     for run in results.get("fanout", []):
         print_fanout(run)
-    if results.get("transactional"):
-        print_transactional(results["transactional"])
+    for name in ("transactional", "transactional_paced"):
+        if results.get(name):
+            print_transactional(results[name])
     for row in results["targets"]:
         print(f"target  {'PASS' if row['pass'] else 'MISS'}  {row['name']}  ({row['value']})")
     print(f"summary {results['summary']}")
@@ -1133,9 +1157,9 @@ def summary(results: dict[str, Any]) -> str:
     passed = sum(row["pass"] for row in rows)
     parts = [f"{run['size']:,}: {run['seconds']:.1f} s, {run['share_percent']} % of ceiling"
              for run in results.get("fanout", [])]  # fmt: skip
-    tx = results.get("transactional")
-    if tx:
-        parts.append(f"tx: {tx['completed_per_s']}/s, p99 {tx['latency_ms_all']['p99']} ms")
+    for name, label in (("transactional", "tx"), ("transactional_paced", "tx paced")):
+        if tx := results.get(name):
+            parts.append(f"{label}: {tx['completed_per_s']}/s, p99 {tx['latency_ms_all']['p99']} ms")
     return f"{passed}/{len(rows)} targets met; " + "; ".join(parts)
 
 
@@ -1155,6 +1179,8 @@ async def run(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -
         results["fanout"].append(await fanout_run(stack, size, args))
     if args.transactional:
         results["transactional"] = await transactional_run(stack, args)
+        if args.tx_rate:
+            results["transactional_paced"] = await transactional_run(stack, args, args.tx_rate)
 
 
 async def run_cancellable(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -1206,6 +1232,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="single-user pushes (default 1000, 0: skip)",
     )
     add("--tx-concurrency", type=int, default=16, help="HTTP clients of the transactional run (default 16)")
+    add(
+        "--tx-rate",
+        type=float,
+        default=TARGET_TX_RATE,
+        help="after the run at the intake's pace, the same pushes again paced at this rate (pushes/s), where "
+        f"the latency target is judged; 0: no paced run (default {TARGET_TX_RATE:g})",
+    )
     add(
         "--tx-installations",
         type=int,
@@ -1301,8 +1334,8 @@ def main(argv: list[str] | None = None) -> int:
     if stopped is not None:
         return stopped
     fanout_ok = all(run["verified"] for run in results["fanout"])
-    tx = results.get("transactional")
-    tx_ok = tx is None or (not tx["failures"] and tx["final"] == tx["accepted"])
+    tx_runs = [results[name] for name in ("transactional", "transactional_paced") if results.get(name)]
+    tx_ok = all(not tx["failures"] and tx["final"] == tx["accepted"] for tx in tx_runs)
     return 0 if fanout_ok and tx_ok else 1
 
 
