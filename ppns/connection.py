@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import ssl
 import struct
@@ -52,12 +53,22 @@ class SlowReaderError(ConnectionError):
     """The device reads so slowly that its unsent bytes exceed `max_write_buffer_bytes`."""
 
 
+KEEPALIVE_JITTER = 0.25  # each connection's keep-alive idle time is the setting ± 25 %
+
+
+def keepalive_idle_s(settings: PpnsSettings) -> int:
+    """`tcp_keepalive_idle_s` ± `KEEPALIVE_JITTER`, drawn per connection: devices that (re)connected in the
+    same second would otherwise be probed in the same burst forever (docs/ppns.md, "Not yet")."""
+    spread = settings.tcp_keepalive_idle_s * KEEPALIVE_JITTER
+    return max(1, round(settings.tcp_keepalive_idle_s + random.uniform(-spread, spread)))
+
+
 def configure_socket(sock: socket.socket, settings: PpnsSettings) -> None:
     """RST on every close (SO_LINGER 0), TCP keepalive, and a bound on unacknowledged data in flight."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     options = {
-        "TCP_KEEPIDLE": settings.tcp_keepalive_idle_s,
+        "TCP_KEEPIDLE": keepalive_idle_s(settings),
         "TCP_KEEPINTVL": settings.tcp_keepalive_interval_s,
         "TCP_KEEPCNT": settings.tcp_keepalive_count,
         "TCP_USER_TIMEOUT": settings.write_timeout_s * 1000,

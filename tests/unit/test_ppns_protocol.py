@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
+from ppns.connection import configure_socket
 from ppns.protocol import (
     LineFramer,
     LineTooLongError,
@@ -14,6 +17,7 @@ from ppns.protocol import (
     ppns_push_id,
     push_line_bytes,
 )
+from pushgw.settings import PpnsSettings
 
 
 def test_framer_accepts_lf_and_crlf_and_keeps_partial_lines() -> None:
@@ -76,3 +80,15 @@ def test_push_ids_are_ten_alphanumerics() -> None:
 
 def test_ping_is_any_line_starting_with_braces() -> None:
     assert is_ping(b"{}") and is_ping(b" {} ") and not is_ping(b'{"a":1}')
+
+
+def test_keepalive_idle_time_is_spread_per_connection() -> None:
+    """Devices that reconnect in the same second must not be probed in the same burst forever."""
+    settings = PpnsSettings(tcp_keepalive_idle_s=60)
+    idle = []
+    for _ in range(200):
+        with socket.socket() as sock:
+            configure_socket(sock, settings)
+            idle.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))
+    assert min(idle) >= 45 and max(idle) <= 75
+    assert len(set(idle)) >= 20
