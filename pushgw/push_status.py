@@ -363,6 +363,8 @@ class UpdateBatcher(GroupCommit[ConditionalUpdate, bool]):
             result = await self._collection.bulk_write(operations, ordered=False)
             matched = result.matched_count
         except BulkWriteError as error:
+            if error.details.get("writeConcernErrors"):
+                raise  # not known to be durable: every caller fails, as `update_one` would have
             failed = {item["index"]: item for item in error.details.get("writeErrors", [])}
             matched = int(error.details.get("nMatched", 0))
         for index, (_, future) in enumerate(batch):
