@@ -7,8 +7,9 @@ The client never retries: every failure is an `Http2Error` whose `retry_safe` sa
 did not process the request (providers.md §1.6).
 
 Parts: `http2_connection` (the protocol), `http2_stream` (one request), `http2_stream_queue` (waiting for a
-stream), `http2_keepalive` (idle PING), `h2_overrides` (h2 as we run it), `hpack_encoder` (header blocks),
-`http2_pool` (the pool), `http2_errors` (what callers catch).
+stream), `http2_keepalive` (idle PING), `h2_overrides` (h2 as we run it: requests and answers without its
+frame objects), `hpack_encoder` / `hpack_decoder` (header blocks), `http2_pool` (the pool), `http2_errors`
+(what callers catch).
 """
 
 from workers.providers.http2_connection import Http2Connection, open_connection

@@ -195,7 +195,8 @@ class Http2Connection(asyncio.Protocol):
 
     def _on_data(self, event: ev.DataReceived) -> None:
         stream_id = event.stream_id
-        self._h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
+        if event.flow_controlled_length:  # (an empty DATA with END_STREAM, as nghttpd ends answers, has none)
+            self._h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
         stream = self._streams.get(stream_id)
         if stream is not None:
             stream.add_data(event.data)
