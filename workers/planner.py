@@ -115,6 +115,7 @@ class Planner:
         # The audience is translated (and a one-user audience read) while the plan is claimed: reads have
         # no effect, and a lost claim just drops them.
         reading = asyncio.create_task(self._read_audience(item, app, database))
+        reading.add_done_callback(_retrieved)
         try:
             state = await store.claim_plan(item.push_id, key, self._owner, self._settings.planner_lease_s)
             if state is None:
@@ -124,7 +125,7 @@ class Planner:
             )
             plan = _Plan(item, app, database, store, key, state.get("expiry_ms") or self._expiry_ms(item))
             badge_rule(item.data)
-            mongo_filter, rows = await reading
+            mongo_filter, rows = await asyncio.shield(reading)  # never cancelled, see below
             # A whole-collection scan can take longer than mongo.timeout_ms before its first row (SecantusDB
             # answers after the full scan): planning gets its own, longer deadline.
             with pymongo.timeout(self._settings.planning_timeout_s):
@@ -142,9 +143,9 @@ class Planner:
             await _fail(store, item.push_id, INVALID_QUERY, message)
             return
         finally:
-            if not reading.done():
-                reading.cancel()
-            await asyncio.gather(reading, return_exceptions=True)
+            # Waited for, never cancelled: a pymongo operation cancelled mid-flight can leak its socket
+            # (PYTHON-5867). Its error, if any, was raised above or does not matter (a lost claim).
+            await asyncio.wait([reading])
         if devices is None:
             return  # lost the lease: the new owner continues
         if only_batch is not None and await self._send_only_batch(only_batch, app, database, store):
@@ -302,6 +303,12 @@ class Planner:
             badge_applied=item.badge_applied,
             traceparent=current_traceparent(),  # the unit's span is a child of this plan's
         )
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Mark a task's exception as seen (asyncio logs unseen ones): its caller raised or dropped it."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _fail(store: StatusStore, push_id: str, code: int, message: str) -> None:
