@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import bson
 from bson.errors import InvalidDocument
-from pymongo import UpdateOne
+from pymongo import UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
@@ -105,7 +106,8 @@ class StatusStore:
     async def _update(self, update: ConditionalUpdate) -> bool:
         if self._batcher is not None:
             return await self._batcher.update(update)
-        result = await self.collection.update_one(update.filter, update.update)
+        where, change = update.build(secrets.token_hex(8), self._clock.now())
+        result = await self.collection.update_one({"_id": update.push_id, **where}, change)
         return result.matched_count == 1
 
     async def claim_plan(self, push_id: str, key: str, owner: str, lease_s: float) -> Document | None:
@@ -117,38 +119,42 @@ class StatusStore:
         a scan of the whole collection (45 ms at 5,000 pushes, vs 1.2 ms for both of these). Only the
         lease holder writes the plan's fields, so the read sees what the claim left.
         """
-        now = self._clock.now()
         plan = f"{OWN}.plans.{key}"
         lease = f"{plan}.lease_until"
-        token = secrets.token_hex(8)  # tells this claim from any other, read back after a lost race
-        claim = {
-            "$set": {
-                "status": "running",
-                f"{plan}.owner": owner,
-                f"{plan}.claim": token,
-                lease: now + timedelta(seconds=lease_s),
-                f"{OWN}.progress_at": now,
-            },
-            "$max": {f"{OWN}.plans_expected": 1},
-            "$inc": {f"{OWN}.devices_done": 0, f"{OWN}.audience": 0, f"{OWN}.plans_done": 0},
-        }
-        live = {"_id": push_id, "status": {"$in": ["pending", "running"]}}
+
+        def claim(token: str, now: datetime) -> Document:
+            return {
+                "$set": {
+                    "status": "running",
+                    f"{plan}.owner": owner,
+                    f"{plan}.claim": token,  # tells this claim from any other, read back after a lost race
+                    lease: now + timedelta(seconds=lease_s),
+                    f"{OWN}.progress_at": now,
+                },
+                "$max": {f"{OWN}.plans_expected": 1},
+                "$inc": {f"{OWN}.devices_done": 0, f"{OWN}.audience": 0, f"{OWN}.plans_done": 0},
+            }
+
+        live = {"status": {"$in": ["pending", "running"]}}
         fresh = ConditionalUpdate(
-            {**live, plan: {"$exists": False}},
-            claim,
-            lambda document: _plan(document, key).get("claim") == token,
+            push_id,
+            f"claim {key}",
+            lambda token, now: ({**live, plan: {"$exists": False}}, claim(token, now)),
+            lambda document, token: _plan(document, key).get("claim") == token,
         )
         if await self._update(fresh):
             return {}
+        now = self._clock.now()
         resumed = await self.collection.update_one(
             {
+                "_id": push_id,
                 **live,
                 f"{plan}.done": {"$ne": True},
                 # "no lease or an expired one", without `$or`: SecantusDB drops the `_id` index under a
                 # top-level `$or` and scans every push (41 ms vs 0.35 ms at 5,000 pushes).
                 lease: {"$not": {"$gte": now}},
             },
-            claim,
+            claim(secrets.token_hex(8), now),
         )
         if resumed.matched_count != 1:
             return None
@@ -187,14 +193,18 @@ class StatusStore:
 
     async def record_unit(self, push_id: str, unit: str, increments: dict[str, Any], devices: int) -> bool:
         """Add one work unit's terminal outcomes; a unit already recorded (a redelivery) changes nothing."""
-        token = secrets.token_hex(8)  # which delivery of the unit recorded it, read back after a lost race
         record = ConditionalUpdate(
-            {"_id": push_id, "status": "running", f"{OWN}.units.{unit}": {"$exists": False}},
-            {
-                "$inc": {**increments, f"{OWN}.devices_done": devices},
-                "$set": {f"{OWN}.units.{unit}": token, f"{OWN}.progress_at": self._clock.now()},
-            },
-            lambda document: ((document or {}).get(OWN) or {}).get("units", {}).get(unit) == token,
+            push_id,
+            f"unit {unit}",
+            lambda token, now: (
+                {"status": "running", f"{OWN}.units.{unit}": {"$exists": False}},
+                {
+                    "$inc": {**increments, f"{OWN}.devices_done": devices},
+                    # the token: which delivery of the unit recorded it, read back after a lost race
+                    "$set": {f"{OWN}.units.{unit}": token, f"{OWN}.progress_at": now},
+                },
+            ),
+            lambda document, token: ((document or {}).get(OWN) or {}).get("units", {}).get(unit) == token,
         )
         return await self._update(record)
 
@@ -206,31 +216,30 @@ class StatusStore:
         nothing was counted yet; the caller then records the usual way."""
         prefix = f"{OWN}.plans.{key}"
         finish = ConditionalUpdate(
-            {
-                "_id": push_id,
-                "status": "running",
-                f"{prefix}.owner": owner,
-                f"{prefix}.done": {"$ne": True},
-                f"{OWN}.plans_expected": 1,
-                f"{OWN}.plans_done": 0,
-                f"{OWN}.devices_done": 0,
-            },
-            {
-                "$set": {
-                    "status": "succeeded",
-                    f"{prefix}.done": True,
-                    f"{OWN}.progress_at": self._clock.now(),
+            push_id,
+            f"finish {key}",
+            lambda _, now: (
+                {
+                    "status": "running",
+                    f"{prefix}.owner": owner,
+                    f"{prefix}.done": {"$ne": True},
+                    f"{OWN}.plans_expected": 1,
+                    f"{OWN}.plans_done": 0,
+                    f"{OWN}.devices_done": 0,
                 },
-                "$inc": {
-                    **increments,
-                    f"{OWN}.audience": devices,
-                    f"{OWN}.devices_done": devices,
-                    f"{OWN}.plans_done": 1,
+                {
+                    "$set": {"status": "succeeded", f"{prefix}.done": True, f"{OWN}.progress_at": now},
+                    "$inc": {
+                        **increments,
+                        f"{OWN}.audience": devices,
+                        f"{OWN}.devices_done": devices,
+                        f"{OWN}.plans_done": 1,
+                    },
+                    "$unset": {"count": ""},
                 },
-                "$unset": {"count": ""},
-            },
+            ),
             # Only the plan's owner ever marks it done, and it has not done so any other way yet.
-            lambda document: bool(
+            lambda document, _: bool(
                 document
                 and document.get("status") == "succeeded"
                 and _plan(document, key).get("done") is True
@@ -332,32 +341,70 @@ class InsertBatcher(GroupCommit[Document, None]):
 
 @dataclass(frozen=True, slots=True)
 class ConditionalUpdate:
-    """One `update_one` whose filter names the document's `_id`, and how to tell from that document,
-    read back, whether this very update was applied (its own token or owner in the fields it sets)."""
+    """One conditional update of the `_PushStatus` document `push_id`.
 
-    filter: Document
-    update: Document
-    applied: Callable[[Document | None], bool]
+    `build(token, now)` gives its filter (without `_id`) and its update, with the writer's random `token`
+    and time in them where it needs a mark of its own or a timestamp; `applied(document, token)` tells from
+    the document, read back, whether this very update was applied. Updates of one document with the same
+    `slot` (one plan's claim, one unit's record) never share a write: their marks would be alike.
+    """
+
+    push_id: str
+    slot: str
+    build: Callable[[str, datetime], tuple[Document, Document]]
+    applied: Callable[[Document | None, str], bool]
+
+
+_Waiting = tuple[ConditionalUpdate, asyncio.Future[bool]]
 
 
 class UpdateBatcher(GroupCommit[ConditionalUpdate, bool]):
-    """Group commit of conditional single-document updates on one collection (one `bulk_write`).
+    """Group commit of conditional updates on one collection: one `bulk_write` per round trip, in which the
+    updates that came out identical for several documents (the claims of fresh plans, the finishes of
+    one-device pushes) are one `update_many` over their `_id`s (SecantusDB: ~30 % less per document).
 
-    A bulk write reports only how many updates matched. When all of them did (the usual case) each caller
-    gets True; when fewer did (a lost race, e.g. two workers claiming one plan), every document of the
-    batch is read back once and each update's own `applied` check tells its caller what happened.
+    A bulk write reports only how many documents matched. When all did (the usual case) each caller gets
+    True; when fewer did (a lost race, e.g. two workers claiming one plan), the documents are read back
+    once and each update's own `applied` check tells its caller what happened.
     """
 
-    def __init__(self, collection: AsyncCollection[Document], max_batch: int = 100) -> None:
+    def __init__(self, collection: AsyncCollection[Document], clock: Clock, max_batch: int = 100) -> None:
         super().__init__(max_batch)
         self._collection = collection
+        self._clock = clock
 
     async def update(self, update: ConditionalUpdate) -> bool:
         """True when this update matched its document (and was applied); raise when the write failed."""
         return await self._submit(update)
 
-    async def _write(self, batch: list[tuple[ConditionalUpdate, asyncio.Future[bool]]]) -> None:
-        operations = [UpdateOne(op.filter, op.update) for op, _ in batch]
+    async def _write(self, batch: list[_Waiting]) -> None:
+        seen: set[tuple[str, str]] = set()
+        now_ops: list[_Waiting] = []
+        later: list[_Waiting] = []
+        for entry in batch:
+            slot = (entry[0].push_id, entry[0].slot)
+            (later if slot in seen else now_ops).append(entry)
+            seen.add(slot)
+        await self._write_distinct(now_ops)
+        if later:
+            await self._write(later)
+
+    async def _write_distinct(self, batch: list[_Waiting]) -> None:
+        token, now = secrets.token_hex(8), self._clock.now()
+        groups: dict[
+            bytes, tuple[Document, Document, list[tuple[ConditionalUpdate, asyncio.Future[bool]]]]
+        ] = {}
+        for entry in batch:
+            where, update = entry[0].build(token, now)
+            key = bson.encode({"f": where, "u": update})
+            groups.setdefault(key, (where, update, []))[2].append(entry)
+        operations: list[UpdateOne | UpdateMany] = []
+        for where, update, members in groups.values():
+            ids = [op.push_id for op, _ in members]
+            if len(ids) == 1:
+                operations.append(UpdateOne({"_id": ids[0], **where}, update))
+            else:
+                operations.append(UpdateMany({"_id": {"$in": ids}, **where}, update))
         failed: dict[int, Document] = {}
         try:
             result = await self._collection.bulk_write(operations, ordered=False)
@@ -367,19 +414,19 @@ class UpdateBatcher(GroupCommit[ConditionalUpdate, bool]):
                 raise  # not known to be durable: every caller fails, as `update_one` would have
             failed = {item["index"]: item for item in error.details.get("writeErrors", [])}
             matched = int(error.details.get("nMatched", 0))
-        for index, (_, future) in enumerate(batch):
-            if index in failed:
-                settle(future, _write_error(failed[index]))
-        if matched == len(batch) - len(failed):
+        if not failed and matched == len(batch):
             for _, future in batch:
                 settle(future, True)
             return
-        ids = [op.filter["_id"] for op, _ in batch]
+        ids = sorted({op.push_id for op, _ in batch})
         documents = {
             document["_id"]: document async for document in self._collection.find({"_id": {"$in": ids}})
         }
-        for op, future in batch:
-            settle(future, op.applied(documents.get(op.filter["_id"])))
+        for index, (_, _, members) in enumerate(groups.values()):
+            for op, future in members:
+                applied = op.applied(documents.get(op.push_id), token)
+                refused = failed.get(index)
+                settle(future, _write_error(refused) if refused is not None and not applied else applied)
 
 
 PROGRESS_FIELDS = {
@@ -428,7 +475,7 @@ class StatusStores:
         name = (database.name, collection.name)
         if name not in self._stores:
             self._stores[name] = StatusStore(
-                collection, self._clock, UpdateBatcher(collection), ProgressReads(collection)
+                collection, self._clock, UpdateBatcher(collection, self._clock), ProgressReads(collection)
             )
         return self._stores[name]
 

@@ -64,7 +64,7 @@ def test_claims_committed_together_tell_each_planner_whether_it_won(
             await collection.insert_many(
                 [{"_id": "P", "status": "pending"}, {"_id": "Q", "status": "pending"}]
             )
-            store = StatusStore(collection, SystemClock(), UpdateBatcher(collection))
+            store = StatusStore(collection, SystemClock(), UpdateBatcher(collection, SystemClock()))
             claims = await asyncio.gather(
                 store.claim_plan("P", "all", "worker-1", 60),
                 store.claim_plan("P", "all", "worker-2", 60),
@@ -110,3 +110,28 @@ def test_a_unit_recorded_twice_at_once_counts_once(mongo_server: MongoServer, db
     assert sorted(recorded[:2]) == [False, True] and recorded[2] is True
     assert finalized
     assert (row["status"], row["numSent"], row["pushgw"]["devices_done"]) == ("succeeded", 5, 5)
+
+
+def test_identical_claims_in_one_update_many_each_learn_their_own_result(
+    mongo_server: MongoServer, db_name: str
+) -> None:
+    """Fresh claims of three pushes build the same update, so they go out as one `update_many`; P was
+    claimed by another worker before, so only Q and R match, and only their claimants win."""
+
+    async def scenario() -> tuple[list[Any], dict[str, str]]:
+        client = create_client(mongo_server.uri, 5000)
+        try:
+            collection = client[db_name]["_PushStatus"]
+            await collection.insert_many([{"_id": name, "status": "pending"} for name in "PQR"])
+            other = StatusStore(collection, SystemClock())
+            assert await other.claim_plan("P", "all", "worker-0", 60) == {}
+            store = StatusStores(SystemClock()).store(client[db_name], "")
+            claims = await asyncio.gather(*(store.claim_plan(name, "all", "worker-1", 60) for name in "PQR"))
+            owners = {doc["_id"]: doc["pushgw"]["plans"]["all"]["owner"] async for doc in collection.find()}
+            return claims, owners
+        finally:
+            await client.close()
+
+    claims, owners = asyncio.run(scenario())
+    assert claims == [None, {}, {}]
+    assert owners == {"P": "worker-0", "Q": "worker-1", "R": "worker-1"}
