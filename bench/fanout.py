@@ -5,7 +5,7 @@ One run, one process tree:
      N Parse-shaped installations (ios/android, all on channel "news", each with `_p_user` → its own user);
      sizes run in ascending order, so the collection always holds exactly the audience being pushed;
   2. start `pushgw serve` and two `pushgw worker` processes (unique queue prefix, recording provider that
-     accepts instantly, `store = "memory"`); wait for /ready and for two consumers on each work queue, then
+     accepts instantly and keeps nothing, `store = "none"`); wait for /ready and for two consumers on each work queue, then
      send an empty-audience probe push through the whole pipeline;
   3. fan-out, per size: drain the planner's exact audience cursor with nothing else running (the database
      ceiling, before and after the push), POST `{"channels": ["news"]}`, poll `_PushStatus` until final;
@@ -751,7 +751,7 @@ async def fanout_run(stack: Stack, size: int, args: argparse.Namespace) -> dict[
     if profile is not None:
         result["profile"] = profile
     if not stack.workers:
-        await start_workers(stack, "memory")
+        await start_workers(stack, "none")
     return result
 
 
@@ -1172,7 +1172,7 @@ async def run(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -
     await seed_schema(stack.db)
     say(f"starting pushgw serve and 2 workers (queue prefix {stack.prefix})")
     await start_gateway(stack)
-    await start_workers(stack, "memory")
+    await start_workers(stack, "none")
     await probe(stack)
     for size in [] if args.skip_fanout else args.sizes:
         results["fanout"].append(await fanout_run(stack, size, args))

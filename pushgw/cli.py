@@ -240,6 +240,7 @@ def _recorder(settings: Settings, connections: Connections, clock: SystemClock) 
         fail_tokens=recording.fail_tokens,
         databases=databases,
         journal=recording.file if recording.store == "file" else None,
+        keep=recording.store != "none",
         latency_ms=recording.latency_ms,
     )
 

@@ -125,8 +125,9 @@ class RecordingSettings(Section):
 
     transports: list[Literal["apns", "fcm", "ppns"]] = Field(default_factory=list)
     # memory: in the process; mongo: a `pushgw_recorded` row each; file: a JSON line each, appended to
-    # `file` (what benchmarks use, so recording does not load the database being measured)
-    store: Literal["memory", "mongo", "file"] = "memory"
+    # `file` (what benchmarks use, so recording does not load the database being measured); none: accept
+    # and keep nothing (fan-out benchmarks: no process of the fleet keeps every delivery in memory)
+    store: Literal["memory", "mongo", "file", "none"] = "memory"
     file: Path | None = None
     fail_tokens: dict[str, str] = Field(default_factory=dict)
     latency_ms: int = Field(default=0, ge=0)

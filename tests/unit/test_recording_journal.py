@@ -34,3 +34,15 @@ def test_each_delivery_is_one_journal_line(tmp_path: Path) -> None:
         {"push_id": "push1", "object_id": "a1", "transport": "apns"}
     ]
     assert isinstance(lines[0]["at"], float)
+
+
+def test_a_provider_that_keeps_nothing_still_answers_each_device() -> None:
+    provider = RecordingProvider(SystemClock(), fail_tokens={"bad": "failed:BadDeviceToken"}, keep=False)
+    devices = [
+        Device("a1", "ios", "apns", device_token="ok1"),
+        Device("a2", "ios", "apns", device_token="bad1"),
+    ]
+    context = PushContext("app", "push1", {}, None)
+    outcomes = asyncio.run(provider.send(context, [Notification(device, {}) for device in devices]))
+    assert [type(outcome).__name__ for outcome in outcomes] == ["Sent", "Failed"]
+    assert provider.deliveries == []

@@ -31,7 +31,8 @@ class Recorded:
 
 class RecordingProvider:
     """For tests, benchmarks and `pushgw dev`: every delivery is kept in memory, in `pushgw_recorded`
-    (`databases`) or as a JSON line appended to `journal` (push id, installation object id, transport, time).
+    (`databases`), as a JSON line appended to `journal` (push id, installation object id, transport, time),
+    or nowhere (`keep=False`: an instant provider for load tests, which memory would otherwise distort).
 
     `fail_tokens` maps a token (or installation id) prefix to `failed:<Reason>`,
     `deferred:<Reason>[:<retry_after_s>]` or `raise:<message>` (a provider bug), so tests can script
@@ -47,6 +48,7 @@ class RecordingProvider:
         fail_tokens: dict[str, str] | None = None,
         databases: dict[str, AsyncDatabase[Document]] | None = None,
         journal: Path | None = None,
+        keep: bool = True,
         latency_ms: int = 0,
     ) -> None:
         self._clock = clock
@@ -55,23 +57,27 @@ class RecordingProvider:
         # One O_APPEND write per send call: lines of several worker processes never interleave.
         self._journal = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if journal else None
         self._latency_s = latency_ms / 1000
+        self._keep = keep  # False: accept and remember nothing
         self.deliveries: list[Recorded] = []
 
     async def send(self, push: PushContext, notifications: Sequence[Notification]) -> list[Outcome]:
         if self._latency_s:
             await asyncio.sleep(self._latency_s)  # simulated network round trip
-        now = self._clock.now()
         outcomes = [self._outcome(notification) for notification in notifications]
-        delivered = [n for n, o in zip(notifications, outcomes, strict=True) if isinstance(o, Sent)]
-        if self._journal is not None:
+        if self._keep:
+            delivered = [n for n, o in zip(notifications, outcomes, strict=True) if isinstance(o, Sent)]
             if delivered:
-                os.write(self._journal, "".join(_line(push, n, now) for n in delivered).encode())
+                await self._remember(push, delivered, self._clock.now())
+        return outcomes
+
+    async def _remember(self, push: PushContext, delivered: list[Notification], now: datetime) -> None:
+        if self._journal is not None:
+            os.write(self._journal, "".join(_line(push, n, now) for n in delivered).encode())
         elif self._databases is None:
             self.deliveries.extend(Recorded(push.push_id, n, now, push.expiry_ms) for n in delivered)
-        elif delivered:
+        else:
             collection = self._databases[push.app_id].get_collection(RECORDED_COLLECTION)
             await collection.insert_many([_record(push, notification, now) for notification in delivered])
-        return outcomes
 
     def _outcome(self, notification: Notification) -> Outcome:
         device = notification.device
