@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from typing import Generic, TypeVar
 
 Op = TypeVar("Op")
 Result = TypeVar("Result")
 
 
-class GroupCommit(Generic[Op, Result]):
+class GroupCommit(ABC, Generic[Op, Result]):
     """Concurrent callers share one round trip: ops queued while one is in flight go together in the next,
     so the database sees a few large commands under load and single ones when idle. Each caller still
     learns the fate of its own op; `_write` settles every future of its batch."""
@@ -38,8 +39,9 @@ class GroupCommit(Generic[Op, Result]):
                 for _, future in batch:
                     future.cancel()  # a no-op on the settled ones
 
+    @abstractmethod
     async def _write(self, batch: list[tuple[Op, asyncio.Future[Result]]]) -> None:
-        raise NotImplementedError
+        """One round trip for `batch`, settling the future of each of its ops."""
 
 
 def settle(future: asyncio.Future[Result], outcome: Result | BaseException) -> None:
