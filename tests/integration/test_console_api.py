@@ -19,7 +19,7 @@ from tests.fixtures.mongo import MongoServer
 from tests.fixtures.parse_data import installation
 from tests.fixtures.ports import free_port, free_port_pair
 from tests.fixtures.ppns_devices import LINUX, connect_device, wait_for
-from tests.fixtures.processes import ProcessFactory
+from tests.fixtures.processes import ProcessFactory, PushgwProcess
 from tests.fixtures.rabbit import RabbitAdmin
 from tests.fixtures.waiting import until
 
@@ -31,6 +31,23 @@ def log_in(client: httpx2.Client, app_id: str = "app1", master_key: str = "maste
     return client.post("/console/login", data={"app_id": app_id, "master_key": master_key})
 
 
+def start_ppns_node(
+    pushgw_processes: ProcessFactory,
+    tmp_path: Path,
+    mongo_server: MongoServer,
+    db_name: str,
+    ppns: dict[str, Any],
+) -> PushgwProcess:
+    """`pushgw ppns` with this `[ppns]` section, one app, the test's database."""
+    config = tmp_path / "ppns.toml"
+    config.write_text(
+        f'[mongo]\nuri = "{mongo_server.uri}"\n[ppns]\n'
+        + "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in ppns.items())
+        + f'[[apps]]\napp_id = "app1"\nmaster_key = "master1"\nmongo_database = "{db_name}"\n'
+    )
+    return pushgw_processes.start("ppns", "--config", str(config))
+
+
 def test_overview_shows_queue_depths_and_connected_ppns_devices(
     make_settings: SettingsFactory, gateway_factory: GatewayFactory, rabbit: RabbitAdmin,
     pushgw_processes: ProcessFactory, tmp_path: Path, mongo_server: MongoServer, db_name: str,
@@ -39,13 +56,7 @@ def test_overview_shows_queue_depths_and_connected_ppns_devices(
     port, metrics_port = free_port(), free_port()
     ppns = {"host": "127.0.0.1", "port": port, "cert_file": str(certificates.cert_file),
             "key_file": str(certificates.key_file), "metrics_port": metrics_port}  # fmt: skip
-    config = tmp_path / "ppns.toml"
-    config.write_text(
-        f'[mongo]\nuri = "{mongo_server.uri}"\n[ppns]\n'
-        + "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in ppns.items())
-        + f'[[apps]]\napp_id = "app1"\nmaster_key = "master1"\nmongo_database = "{db_name}"\n'
-    )
-    node = pushgw_processes.start("ppns", "--config", str(config))
+    node = start_ppns_node(pushgw_processes, tmp_path, mongo_server, db_name, ppns)
     node.wait_ready(f"http://127.0.0.1:{metrics_port}/metrics")
     gateway = gateway_factory(make_settings(ppns=ppns))
     client = gateway.client()
@@ -94,13 +105,7 @@ def test_overview_sums_the_connections_of_every_ppns_node_process(
     port, metrics_port = free_port(), until(free_port_pair, what="two adjacent free ports")
     ppns = {"host": "127.0.0.1", "port": port, "cert_file": str(certificates.cert_file),
             "key_file": str(certificates.key_file), "metrics_port": metrics_port, "processes": 2}  # fmt: skip
-    config = tmp_path / "ppns.toml"
-    config.write_text(
-        f'[mongo]\nuri = "{mongo_server.uri}"\n[ppns]\n'
-        + "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in ppns.items())
-        + f'[[apps]]\napp_id = "app1"\nmaster_key = "master1"\nmongo_database = "{db_name}"\n'
-    )
-    node = pushgw_processes.start("ppns", "--config", str(config))
+    node = start_ppns_node(pushgw_processes, tmp_path, mongo_server, db_name, ppns)
     for each in (metrics_port, metrics_port + 1):
         node.wait_ready(f"http://127.0.0.1:{each}/metrics")
     client = gateway_factory(make_settings(ppns=ppns)).client()
