@@ -391,9 +391,7 @@ class UpdateBatcher(GroupCommit[ConditionalUpdate, bool]):
 
     async def _write_distinct(self, batch: list[_Waiting]) -> None:
         token, now = secrets.token_hex(8), self._clock.now()
-        groups: dict[
-            bytes, tuple[Document, Document, list[tuple[ConditionalUpdate, asyncio.Future[bool]]]]
-        ] = {}
+        groups: dict[bytes, tuple[Document, Document, list[_Waiting]]] = {}  # by filter and update
         for entry in batch:
             where, update = entry[0].build(token, now)
             key = bson.encode({"f": where, "u": update})
