@@ -29,19 +29,19 @@ One run, one process tree (every child is started here and stopped on every exit
   6. print the targets with PASS/MISS, `--json` adds one object with every number.
 
 Run: `.venv/bin/python bench/ppns.py [--connections 1000,10000,50000] [--modes tls,plain] [--samples 200]
-[--poll-interval-s 5] [--amqp-url amqp://…] [--json] [--keep-logs DIR]`. Needs RabbitMQ (default
+[--poll-interval-s 5] [--hold-s 300] [--amqp-url amqp://…] [--json] [--keep-logs DIR]`. Needs RabbitMQ (default
 127.0.0.1:5672; `--amqp-url ""` runs the node without a broker: polling only), root or a hard RLIMIT_NOFILE
 above N (the children raise their own limits) and, above ~25,000 connections, several source addresses
 (automatic).
 
-KEEPALIVE: the node runs with `tcp_keepalive_idle_s = 3600` (`--tcp-keepalive-idle-s`), not the default 60.
-On loopback, every keep-alive probe and its ACK pass the kernel's per-CPU input backlog
-(`net.core.netdev_max_backlog`, 1,000 here), and the probes of connections opened within the same few
-seconds fire in the same timer-wheel tick: at 50,000 connections thousands at once, most are dropped
-(`/proc/net/softnet_stat`), the same group is probed again 20 s later in one burst again, and after
-`write_timeout_s` (TCP_USER_TIMEOUT, 120 s) the kernel aborts them (TCPAbortOnTimeout; ~9,000 of 50,000 in
-one run). That is a property of a one-host loopback test, not of idle memory; the run prints the kernel's
-drops and aborts (`kernel:`) so it shows if it happens anyway.
+KEEPALIVE: the node runs with pushgw's default `tcp_keepalive_idle_s = 60` (`--tcp-keepalive-idle-s`). On
+loopback every keep-alive probe and its ACK pass the kernel's per-CPU input backlog
+(`net.core.netdev_max_backlog`, 1,000 here). Before each connection's idle time got ± 25 % of jitter, the
+probes of connections opened within the same few seconds fired in the same timer tick, thousands at once,
+most were dropped (`/proc/net/softnet_stat`), the same group was probed again 20 s later in one burst again,
+and after `write_timeout_s` (TCP_USER_TIMEOUT, 120 s) the kernel aborted them (TCPAbortOnTimeout: ~9,000 of
+50,000 in one run; the bench then used 3600). With the jitter, 50,000 connections idled 300 s
+(`--hold-s 300`) with 0 aborts. The run prints the kernel's drops and aborts (`kernel:`).
 """
 
 from __future__ import annotations
@@ -739,6 +739,8 @@ async def run_mode(
             foreign = Foreign()
             await broadcast(gen, backlog, provider, ids, ready, result, args)
             foreign.say("broadcast", result)
+            if args.hold_s:
+                await hold(node, metrics_ports, ready, args.hold_s, result)
             after = kernel_drops()
             result["kernel_drops"] = {key: after[key] - drops_before[key] for key in after}
             say(f"  kernel: {result['kernel_drops']} (loopback packets dropped, connections aborted)")
@@ -750,6 +752,20 @@ async def run_mode(
             stack.stop(process)
         stack.stop(node)
         stack.children = [c for c in stack.children if c not in (*processes, node)]
+
+
+async def hold(
+    node: subprocess.Popen[bytes], metrics_ports: list[int], ready: int, hold_s: float, result: dict[str, Any]
+) -> None:
+    """Leave every device idle for `hold_s` (keep-alive probes only), then count the connections the node
+    still holds: aborted idle connections show here (and in the kernel's counters)."""
+    say(f"  holding {ready:,} idle connections for {hold_s:.0f} s")
+    await asyncio.sleep(hold_s)  # the measuring window itself
+    if node.poll() is not None:
+        raise BenchError(f"holding idle connections: the node exited with {node.returncode}")
+    held = metric_sum(metrics_ports, "pushgw_ppns_connections") or 0
+    result["hold"] = {"seconds": hold_s, "held": held, "of": ready}
+    say(f"  after {hold_s:.0f} s idle the node holds {held:,.0f} of {ready:,} connections")
 
 
 async def broadcast(
@@ -913,10 +929,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add(
         "--tcp-keepalive-idle-s",
         type=int,
-        default=3600,
-        help="the node's tcp_keepalive_idle_s (default 3600, not 60: see KEEPALIVE below)",
+        default=60,
+        help="the node's tcp_keepalive_idle_s (default 60, pushgw's own: see KEEPALIVE below)",
     )
     add("--connect-concurrency", type=int, default=200, help="connects in flight, over all load generators")
+    add(
+        "--hold-s",
+        type=float,
+        default=0.0,
+        help="after the broadcast, leave the devices idle this long and count the connections still held",
+    )
     add(
         "--node-processes",
         type=int,
