@@ -263,7 +263,7 @@ async def stop_workers(stack: Stack) -> None:
     while await consumer_count(stack, PLAN) or await consumer_count(stack, SEND):
         if time.monotonic() > deadline:
             raise BenchError("the broker still lists consumers of stopped workers")
-        await asyncio.sleep(0.05)  # the broker drops a closed connection's consumers asynchronously
+        await asyncio.sleep(0.05)  # poll interval, up to the deadline above (the broker drops consumers late)
 
 
 async def consumer_count(stack: Stack, route: str) -> int:

@@ -483,7 +483,7 @@ async def verify(stack: Stack, answers_200: int) -> dict[str, Any]:
             ok = documents == messages == answers_200
             if ok or time.monotonic() > deadline:
                 break
-            await asyncio.sleep(0.2)  # poll interval
+            await asyncio.sleep(0.2)  # poll interval, up to the deadline above
     finally:
         await mongo.close()
     return {
