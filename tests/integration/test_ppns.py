@@ -30,6 +30,7 @@ from tests.fixtures.ppns_devices import (
     LINUX,
     PROFILES,
     RTOS,
+    EmulatedDevice,
     RunningNode,
     connect_device,
     wait_for,
@@ -423,6 +424,14 @@ def live_node(ppns_node_factory: NodeFactory, settings: Settings) -> RunningNode
     return node
 
 
+def held_device(node: RunningNode, mongo: Any, db_name: str) -> EmulatedDevice:
+    """A LINUX device that finished its handshake on `node`, its claim written."""
+    device = node.device(LINUX)
+    device.send_handshake()
+    held_by(mongo, db_name, device.installation_id, node)
+    return device
+
+
 @pytest.fixture
 def live_settings(make_settings: SettingsFactory, ppns_certificates: ServerCertificates) -> Settings:
     return ppns_settings(make_settings, ppns_certificates, poll_interval_s=NO_SWEEP)
@@ -432,9 +441,7 @@ def test_a_push_reaches_a_connected_device_through_its_node_queue_without_a_swee
     ppns_node_factory: NodeFactory, live_settings: Settings, mongo: Any, db_name: str
 ) -> None:
     node = live_node(ppns_node_factory, live_settings)
-    device = node.device(LINUX)
-    device.send_handshake()
-    held_by(mongo, db_name, device.installation_id, node)
+    device = held_device(node, mongo, db_name)
     written, caught_up = pushes("written"), pushes("caught_up")
     alerts = [f"live {n}" for n in range(5)]
     store(live_settings, device.installation_id, *({"alert": a} for a in alerts))
@@ -458,9 +465,7 @@ def test_a_lost_live_message_is_a_gap_read_from_the_backlog_in_order(
     ppns_node_factory: NodeFactory, live_settings: Settings, mongo: Any, db_name: str
 ) -> None:
     node = live_node(ppns_node_factory, live_settings)
-    device = node.device(LINUX)
-    device.send_handshake()
-    held_by(mongo, db_name, device.installation_id, node)
+    device = held_device(node, mongo, db_name)
     store(live_settings, device.installation_id, {"alert": "a"})
     wait_for(device, lambda: device.alerts() == ["a"], "the first live push")
     gaps = pushes("gap")
@@ -532,9 +537,7 @@ def test_provider_counts_pushes_sent_when_the_broker_is_unreachable(
     db_name: str,
 ) -> None:
     node = live_node(ppns_node_factory, live_settings)
-    device = node.device(LINUX)
-    device.send_handshake()
-    held_by(mongo, db_name, device.installation_id, node)
+    device = held_device(node, mongo, db_name)
     closed_port = {"queue": {"url": f"amqp://guest:guest@127.0.0.1:{free_port()}/"}}
     no_broker = ppns_settings(make_settings, ppns_certificates, closed_port, poll_interval_s=NO_SWEEP)
     outcomes = store(no_broker, device.installation_id, {"alert": "stored only"})
