@@ -30,6 +30,23 @@ def send(gateway: RunningGateway, body: dict[str, Any]) -> str:
     return push_id
 
 
+def two_unit_push(
+    make_settings: SettingsFactory,
+    gateway_factory: Callable[[Settings], RunningGateway],
+    worker_factory: Callable[..., RunningWorker],
+    mongo: Any,
+    db_name: str,
+) -> str:
+    """Five iOS installations, a gateway and a worker with batch_size 3, one push to all: two send units.
+    Returns the push id once the push is `succeeded`."""
+    mongo[db_name]["_Installation"].insert_many([installation("ios") for _ in range(5)])
+    settings = make_settings(worker=FLEET, recording=RECORD_ALL)
+    gateway, _ = gateway_factory(settings), worker_factory(settings)
+    push_id = send(gateway, {"where": {}, "data": {"alert": "x"}})
+    assert final_status(mongo, db_name, push_id)["status"] == "succeeded"
+    return push_id
+
+
 def final_status(mongo: Any, db_name: str, push_id: str, timeout_s: float = 30) -> dict[str, Any]:
     def final() -> dict[str, Any] | None:
         row: dict[str, Any] | None = mongo[db_name]["_PushStatus"].find_one({"_id": push_id})

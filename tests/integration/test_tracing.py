@@ -14,8 +14,7 @@ from pushgw.settings import Settings, TracingSettings
 from pushgw.tracing import configure_tracing, current_traceparent, push_span, shutdown_tracing
 from tests.fixtures.fleet import RunningWorker
 from tests.fixtures.gateway import RunningGateway, SettingsFactory
-from tests.fixtures.parse_data import installation
-from tests.integration.test_fleet import FLEET, RECORD_ALL, final_status, send
+from tests.integration.test_fleet import two_unit_push
 
 
 @pytest.fixture
@@ -43,11 +42,7 @@ def test_one_push_is_one_trace_from_intake_through_its_units(
     mongo: Any,
     db_name: str,
 ) -> None:
-    mongo[db_name]["_Installation"].insert_many([installation("ios") for _ in range(5)])
-    settings = make_settings(worker=FLEET, recording=RECORD_ALL)  # batch_size 3: two send units
-    gateway, _ = gateway_factory(settings), worker_factory(settings)
-    push_id = send(gateway, {"where": {}, "data": {"alert": "x"}})
-    assert final_status(mongo, db_name, push_id)["status"] == "succeeded"
+    push_id = two_unit_push(make_settings, gateway_factory, worker_factory, mongo, db_name)
 
     finished = [span for span in spans.get_finished_spans() if span.attributes["pushgw.push_id"] == push_id]
     by_name: dict[str, list[Any]] = {}

@@ -11,8 +11,7 @@ import structlog
 from pushgw.settings import Settings
 from tests.fixtures.fleet import RunningWorker
 from tests.fixtures.gateway import RunningGateway, SettingsFactory
-from tests.fixtures.parse_data import installation
-from tests.integration.test_fleet import FLEET, RECORD_ALL, final_status, send
+from tests.integration.test_fleet import two_unit_push
 
 
 def test_lines_logged_inside_a_unit_carry_push_and_unit_ids(
@@ -22,12 +21,8 @@ def test_lines_logged_inside_a_unit_carry_push_and_unit_ids(
     mongo: Any,
     db_name: str,
 ) -> None:
-    mongo[db_name]["_Installation"].insert_many([installation("ios") for _ in range(5)])
-    settings = make_settings(worker=FLEET, recording=RECORD_ALL)  # batch_size 3: two queued send units
     with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
-        gateway, _ = gateway_factory(settings), worker_factory(settings)
-        push_id = send(gateway, {"where": {}, "data": {"alert": "x"}})
-        assert final_status(mongo, db_name, push_id)["status"] == "succeeded"
+        push_id = two_unit_push(make_settings, gateway_factory, worker_factory, mongo, db_name)
     [succeeded] = [event for event in events if event["event"] == "push_succeeded"]
     assert succeeded["push_id"] == push_id
     # Whoever counted last finishes the push: one of the two units, or the plan if both units were counted
