@@ -732,8 +732,11 @@ async def fanout_run(stack: Stack, size: int, args: argparse.Namespace) -> dict[
     deadline_s = args.fanout_deadline or 60 + size / 1000
     profiles = start_profilers(stack, args.profile, f"fanout{size}")
     meter, marks = CpuMeter(stack.pids()), log_marks(stack.worker_logs)
+    ops_before = await opcounters(stack)
     push = await push_and_wait(stack, size, deadline_s)
     cpu, worker_log = meter.percent(), log_events(stack.worker_logs, marks)
+    ops_after = await opcounters(stack)
+    push["db_commands"] = {name: ops_after[name] - ops_before.get(name, 0) for name in ops_after}
     profile = await asyncio.to_thread(stop_profilers, stack, profiles)
     say(f"  {push['status']} after {push['seconds']:.2f} s ({push['devices_per_s']:,} devices/s)")
     if push["status"] not in TERMINAL:
@@ -1063,6 +1066,8 @@ def print_fanout(run: dict[str, Any]) -> None:
         f"{run['planner_done_s']} s, {run['status']} {run['seconds']} s  |  DB alone: first doc "
         f"{before['first_doc_s']} s, drained {before['seconds']} s"
     )
+    commands = ", ".join(f"{name} {count:,}" for name, count in run["db_commands"].items() if count)
+    print(f"    SecantusDB commands during the push (the bench's polls included): {commands}")
     if run["seeding"]["inserted"]:
         print(
             f"    seeding: {run['seeding']['inserted']:,} inserted at {run['seeding']['docs_per_s']:,} docs/s"

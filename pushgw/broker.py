@@ -52,6 +52,11 @@ class Consumer(Protocol):
         """Stop receiving; deliveries already handed out stay with their handlers."""
         ...
 
+    async def set_priority(self, priority: int) -> None:
+        """This consumer's priority among the queue's consumers (default 0): the broker hands messages to
+        a lower one only while every higher one is at its prefetch limit (or there is none)."""
+        ...
+
 
 class Broker(Protocol):
     async def start(self) -> None: ...
@@ -252,6 +257,9 @@ class _RabbitConsumer:
         self.channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
+        self._priority = 0
+        self._changing = asyncio.Lock()
+        self._on_message: Callable[[AbstractIncomingMessage], Awaitable[None]] | None = None
         self.cancelled = False
 
     async def attach(
@@ -265,15 +273,34 @@ class _RabbitConsumer:
         async def on_message(message: AbstractIncomingMessage) -> None:
             await handler(_RabbitDelivery(message))
 
-        self._tag = await queue.consume(on_message)
+        self._on_message = on_message
+        self._tag = await queue.consume(on_message, arguments=self._arguments())
         self.channel, self._queue = channel, queue
         channel.close_callbacks.add(on_lost)
+
+    def _arguments(self) -> dict[str, Any] | None:
+        return {"x-priority": self._priority} if self._priority else None
 
     async def cancel(self) -> None:
         self.cancelled = True
         if self._queue is not None and self._tag is not None:
             with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError):
                 await self._queue.cancel(self._tag)
+
+    async def set_priority(self, priority: int) -> None:
+        """Re-register on the same channel with the new priority (AMQP fixes it per `basic.consume`).
+        Unacknowledged deliveries stay with the channel and their handlers; a reconnect uses the new one.
+        A broker error leaves the old registration, or none until the reconnect: this is an optimisation."""
+        async with self._changing:
+            if priority == self._priority or self.cancelled:
+                return
+            self._priority = priority
+            if self._queue is None or self._tag is None or self._on_message is None:
+                return
+            with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError):
+                await self._queue.cancel(self._tag)
+                self._tag = None
+                self._tag = await self._queue.consume(self._on_message, arguments=self._arguments())
 
 
 class MemoryBroker:
@@ -346,3 +373,6 @@ class _MemoryConsumer:
         self._pump.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._pump
+
+    async def set_priority(self, priority: int) -> None:
+        return None  # one process: nobody to step back for

@@ -13,10 +13,14 @@ Result = TypeVar("Result")
 class GroupCommit(ABC, Generic[Op, Result]):
     """Concurrent callers share one round trip: ops queued while one is in flight go together in the next,
     so the database sees a few large commands under load and single ones when idle. Each caller still
-    learns the fate of its own op; `_write` settles every future of its batch."""
+    learns the fate of its own op; `_write` settles every future of its batch.
 
-    def __init__(self, max_batch: int) -> None:
+    `linger_s` > 0: the first op of an idle batcher waits that long for company before it is written (for
+    ops that are not on a latency path and cost the database per command, e.g. a fan-out's unit records)."""
+
+    def __init__(self, max_batch: int, linger_s: float = 0.0) -> None:
         self._max_batch = max_batch
+        self._linger_s = linger_s
         self._pending: list[tuple[Op, asyncio.Future[Result]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -28,6 +32,8 @@ class GroupCommit(ABC, Generic[Op, Result]):
         return await future
 
     async def _flush(self) -> None:
+        if self._linger_s:
+            await asyncio.sleep(self._linger_s)
         while self._pending:
             batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
             try:

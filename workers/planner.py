@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Coroutine
@@ -31,6 +32,7 @@ from workers.audience import ClassSchema, QueryError, conjoin, translate_where
 from workers.badge import BadgeError, badge_rule
 from workers.lookups import EqualityLookups, pinned_value
 from workers.providers.provider import TOKEN_TRANSPORTS, transport_for
+from workers.send_share import SendShare
 from workers.sender import Sender
 
 log = get_logger(__name__)
@@ -99,6 +101,7 @@ class Planner:
         sender: Sender,
         *,
         stores: StatusStores,
+        sends: SendShare | None = None,
     ) -> None:
         self._settings = settings
         self._broker = broker
@@ -106,6 +109,7 @@ class Planner:
         self._owner = owner
         self._sender = sender
         self._stores = stores
+        self._sends = sends
         self._lookups: dict[tuple[str, str, str], EqualityLookups] = {}
         self._schemas = SchemaCache(settings.schema_cache_s)
 
@@ -219,17 +223,24 @@ class Planner:
         is returned, for the planner to send itself (no queue round trip, one status write instead of six).
         """
         index: int = state.get("next_index", 0)
+        first_index = index
         devices_total: int = state.get("devices", 0)
         last_id: str | None = state.get("last_id")
         batch: list[Device] = []
         checkpointed_at = time.monotonic()
-        async with _PublishWindow(self._settings.plan_publish_window) as window:
+        async with (
+            contextlib.AsyncExitStack() as stepped_back,
+            _PublishWindow(self._settings.plan_publish_window) as window,
+        ):
             async for row_id, device in self._stream(plan.database, plan.app, mongo_filter, last_id, rows):
                 last_id = row_id
                 if device is not None:
                     batch.append(device)
                 if len(batch) < self._settings.batch_size:
                     continue
+                if self._sends is not None and index == first_index:
+                    # A fan-out: the other workers send it while this one streams (workers/send_share.py).
+                    await stepped_back.enter_async_context(self._sends.streaming())
                 await window.add(self._publish(plan, index, batch))
                 index, devices_total, batch = index + 1, devices_total + len(batch), []
                 if time.monotonic() - checkpointed_at < self._settings.plan_checkpoint_s:

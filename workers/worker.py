@@ -29,6 +29,7 @@ from workers.periodic import run_every
 from workers.planner import Planner, ensure_installation_indexes
 from workers.providers.provider import Provider
 from workers.scheduler import Scheduler
+from workers.send_share import SendShare
 from workers.sender import Sender
 from workers.watchdog import Watchdog
 
@@ -50,7 +51,10 @@ class Worker:
         broker = connections.broker
         stores = StatusStores(clock)  # the group commits the planner and the sender share
         self.sender = Sender(settings.worker, broker, providers, clock, stores=stores)
-        self.planner = Planner(settings.worker, broker, clock, self.owner, self.sender, stores=stores)
+        self._sends = SendShare()
+        self.planner = Planner(
+            settings.worker, broker, clock, self.owner, self.sender, stores=stores, sends=self._sends
+        )
         databases = {app.app_id: app_database(connections.mongo, app) for app in settings.apps}
         self.dead_letters = DeadLetters(settings, databases, clock)
         self.scheduler = Scheduler(settings, connections, clock)
@@ -69,6 +73,7 @@ class Worker:
             await broker.consume(DEAD_ROUTE, self.dead_letters.keep, prefetch=prefetch),
             await broker.consume(PARSE, self._tracked(self.parse_queue.handle), prefetch=prefetch),
         ]
+        self._sends.attach(self._consumers[1])
         log.info("worker_started", owner=self.owner, transports=sorted(self._providers))
 
     async def publish_gauges(self) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pymongo import AsyncMongoClient, monitoring
+
 from pushgw.clock import SystemClock
-from pushgw.mongo import create_client
+from pushgw.mongo import Document, create_client
 from pushgw.push_status import StatusStore, StatusStores, UpdateBatcher
 from tests.fixtures.mongo import MongoServer
 from tests.fixtures.parse_data import installation
@@ -135,3 +137,53 @@ def test_identical_claims_in_one_update_many_each_learn_their_own_result(
     claims, owners = asyncio.run(scenario())
     assert claims == [None, {}, {}]
     assert owners == {"P": "worker-0", "Q": "worker-1", "R": "worker-1"}
+
+
+def test_units_of_one_push_recorded_at_once_share_one_update_and_a_recorded_one_is_not_recounted(
+    mongo_server: MongoServer, db_name: str
+) -> None:
+    """Units b0, b1, b2 of P record at once: one update statement for all three (the database rewrites
+    the push document once). Then b3, b4 and a redelivered b1 record at once: b1's condition fails the
+    combined update, so each is retried alone; b3 and b4 count, b1 does not count twice."""
+
+    statements: list[int] = []  # per `update` command sent: how many update statements it held
+
+    class Updates(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command_name == "update":
+                statements.append(len(event.command["updates"]))
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    async def scenario() -> tuple[list[int], list[bool], list[bool], dict[str, Any]]:
+        client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_server.uri, event_listeners=[Updates()])
+        try:
+            collection = client[db_name]["_PushStatus"]
+            own = {"plans_done": 1, "plans_expected": 1, "audience": 15, "devices_done": 0}
+            await collection.insert_one({"_id": "P", "status": "running", "numSent": 0, "pushgw": own})
+            store = StatusStores(SystemClock()).store(client[db_name], "")
+
+            async def record_all(units: list[str]) -> list[bool]:
+                return await asyncio.gather(
+                    *(store.record_unit("P", unit, {"numSent": 3}, 3) for unit in units)
+                )
+
+            first = await record_all(["all-b0", "all-b1", "all-b2"])
+            first_statements = list(statements)
+            second = await record_all(["all-b3", "all-b1", "all-b4"])
+            row = await collection.find_one({"_id": "P"})
+            assert row is not None
+            return first_statements, first, second, row
+        finally:
+            await client.close()
+
+    first_statements, first, second, row = asyncio.run(scenario())
+    assert first_statements == [1]
+    assert first == [True, True, True]
+    assert second == [True, False, True]
+    assert (row["numSent"], row["pushgw"]["devices_done"]) == (15, 15)
+    assert sorted(row["pushgw"]["units"]) == [f"all-b{n}" for n in range(5)]
