@@ -19,10 +19,9 @@ One run, one process tree (every child is started here and stopped on every exit
      every process of the node (the node and its children) again: (after − before) / N per connection;
   4. broadcast: one push sent to every connected installation through the fleet's `PpnsProvider.send`
      (from this process, in worker-sized batches of `--batch-size`, `--store-concurrency` batches at once):
-     bulk backlog store + one message per batch on the node's RabbitMQ queue (`--amqp-url`; the node
-     consumes its queue). Time from the first store to the last device receiving it (and the store time
-     alone). `--broadcast-store bulk` stores with one `update_many` and publishes nothing (the node's
-     safety-net sweep, `--poll-interval-s`, finds it);
+     one log entry per batch (one transaction per group of concurrent batches) + one message per batch to
+     every node through RabbitMQ (`--amqp-url`; each node consumes its queue, bound to the entries
+     exchange). Time from the first store to the last device receiving it (and the store time alone);
   5. (run before 4) single-push latency under that load: `--samples` pushes to random installations, one at
      a time through `PpnsProvider.send`; latency = the device's receive time − the start of `send` (store
      and live message included; `after_sent_*`: − its return, when the provider counts it `Sent`);
@@ -615,8 +614,8 @@ def provider_batch(app_id: str, push_id: str, ids: list[str], alert: str) -> tup
 
 async def store_all(provider: Any, ids: list[str], push_id: str, batch: int, concurrency: int) -> float:
     """Send one push to every installation through PpnsProvider.send, in worker-sized batches
-    (`--batch-size`, `--store-concurrency` batches at once): bulk store + one live message per node per
-    batch; seconds taken."""
+    (`--batch-size`, `--store-concurrency` batches at once): one log entry and one live message to every
+    node per batch; seconds taken."""
     limit = asyncio.Semaphore(concurrency)
     started = time.monotonic()
 
@@ -626,21 +625,6 @@ async def store_all(provider: Any, ids: list[str], push_id: str, batch: int, con
             await provider.send(push, notifications)
 
     await asyncio.gather(*(one(ids[i : i + batch]) for i in range(0, len(ids), batch)))
-    return time.monotonic() - started
-
-
-async def store_bulk(backlog: Any, prefix: str, push_id: str) -> float:
-    """The same entry `Backlog.store` writes, in every installation document of the run at once (one
-    `update_many`): isolates the node's delivery from the provider's per-installation compare-and-set."""
-    from ppns.protocol import format_time
-
-    started, now_ms = time.monotonic(), int(time.time() * 1000)
-    entry = {"time": format_time(now_ms), "push_id": push_id, "data": {"alert": "broadcast"},
-             "stored_ms": now_ms, "expires_ms": None}  # fmt: skip
-    await backlog._collection.update_many(
-        {"_id": {"$regex": f"^{prefix}"}},
-        {"$push": {"pushes": entry}, "$set": {"last_time_ms": now_ms, "last_time": entry["time"]}},
-    )
     return time.monotonic() - started
 
 
@@ -674,7 +658,6 @@ def cpu_s(pids: list[int]) -> float:
 async def run_mode(
     stack: Stack, mode: str, count: int, args: argparse.Namespace, result: dict[str, Any]
 ) -> None:
-    from ppns.backlog import open_backlogs
     from pushgw.mongo import create_client
     from pushgw.settings import load_settings
     from workers.providers.ppns import PpnsProvider
@@ -730,14 +713,13 @@ async def run_mode(
         client = create_client(stack.mongo_uri, 30_000)
         provider = PpnsProvider(load_settings(config), client)
         try:
-            backlog = open_backlogs(client, load_settings(config))[APP_ID]
             ids = [f"{prefix}{i:07d}" for i in range(count)]
             # latency first: after a broadcast the node may still be working through it
             foreign = Foreign()
             await latency(gen, provider, ids, result, args)
             foreign.say("latency", result)
             foreign = Foreign()
-            await broadcast(gen, backlog, provider, ids, ready, result, args)
+            await broadcast(gen, provider, ids, ready, result, args)
             foreign.say("broadcast", result)
             if args.hold_s:
                 await hold(node, metrics_ports, ready, args.hold_s, result)
@@ -770,7 +752,6 @@ async def hold(
 
 async def broadcast(
     gen: LoadGenPool,
-    backlog: Any,
     provider: Any,
     ids: list[str],
     ready: int,
@@ -782,10 +763,7 @@ async def broadcast(
     groups = [[stack.children[0].pid], process_tree(stack.node_pid)]  # SecantusDB, every node process
     cpu_before = [cpu_s(group) for group in groups]
     started = time.time()
-    if args.broadcast_store == "bulk":
-        store_s = await store_bulk(backlog, ids[0][: ids[0].index("-") + 1], push_id)
-    else:
-        store_s = await store_all(provider, ids, push_id, args.batch_size, args.store_concurrency)
+    store_s = await store_all(provider, ids, push_id, args.batch_size, args.store_concurrency)
     report = await gen.report([push_id], ready, args.broadcast_timeout_s)
     cpu = [cpu_s(group) - before for group, before in zip(groups, cpu_before, strict=True)]
     received, _first, last = report["pushes"][push_id]
@@ -920,7 +898,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--batch-size", type=int, default=500, help="devices per provider batch (worker.batch_size)")
     add("--store-concurrency", type=int, default=2, help="provider batches in flight")
     add("--broadcast-timeout-s", type=float, default=120.0)
-    add("--broadcast-store", choices=("bulk", "provider"), default="provider")
     add(
         "--mongo-retry-writes",
         action="store_true",

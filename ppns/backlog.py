@@ -1,37 +1,59 @@
-"""Stored PPNS pushes per installation: strictly increasing `time`, retention and cap, replay after `last`.
+"""Stored PPNS pushes: one per-app log of entries in commit order, replay after `last`, and presence.
 
-One document per installation holds its retained pushes in `time` order, the newest stored `time`
-(`last_time`), the newest `time` written to a socket (`written_time`) and the installation's newest
-connection (`holder` = `<node id>/<connection id>`, the presence registry). Every store is a compare-and-set
-on `last_time_ms` *and* `holder`, so two workers storing for one installation at once can never commit a
-later `time` before an earlier one (a reader that has seen `time` T will never later find a push below T),
-and the holder a store returns is the one that was current when the push committed (a handshake that claims
-the installation afterwards reads the push in its replay). Each entry also keeps `prev`, the `time` of the
-installation's previous push, so a node receiving the push live can tell a gap from the next push in line.
+**The log** (`_PPNSLog`): each stored batch of one push is one entry `{_id: seq, time, push_id, data,
+installations: [...]}`. Entries are written in a transaction that also advances the app's sequence document
+(`_PPNSSequence`, `{seq, time_ms}`): concurrent writers conflict on that document and retry, so entries commit
+in `seq` order and `seq` and `time` only ever grow. A device therefore sees strictly increasing `time`s, and a
+reader that has seen `time` T never later finds a push below T, without any installation's state being read
+or written: a broadcast to 500 installations is one insert and one update, not 500 compare-and-sets. Each
+worker group-commits its stores: the entries of every batch it stores at once share one transaction.
+
+**Presence** (`_PPNSBacklog`, one small document per installation): the installation's newest connection
+(`holder` = `<node id>/<connection id>`, claimed by a read and a compare-and-set) and the newest `time`
+written to a socket (`written_time`). Documents written by versions before the log also hold `pushes`; those
+are still replayed (read only, never written again).
+
+Retention: an entry is replayed while it is younger than the retention window (a TTL index removes it
+later), unexpired, and among the installation's newest `backlog_cap` retained pushes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pymongo import AsyncMongoClient, InsertOne, UpdateOne
-from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
 from ppns.protocol import format_time
 from pushgw.errors import PushgwError
+from pushgw.group_commit import GroupCommit, settle
+from pushgw.logs import get_logger
 from pushgw.mongo import app_database
 from pushgw.settings import PpnsSettings, Settings
 
-COLLECTION = "_PPNSBacklog"
+log = get_logger(__name__)
+COLLECTION = "_PPNSBacklog"  # presence, one document per installation
+LOG = "_PPNSLog"
+SEQUENCE = "_PPNSSequence"
+WRITTEN = "_PPNSWritten"  # which installations a push was written to (the `unwritten` replay policy)
+_SEQUENCE_ID = "log"
 _MAX_SWAPS = 50
+_STORE_ATTEMPTS = 3
 Document = dict[str, Any]
 NoLastPolicy = Literal["retained", "unwritten", "none"]
-_EMPTY = {"pushes": [], "last_time_ms": 0, "last_time": None, "written_time": None}
 # SecantusDB answers `_id $in` in time quadratic in the list (100 ids: 12 ms, 500: 0.2 s, 2,000: 3 s).
 IN_CHUNK = 50
+_WITHOUT_AUDIENCE = {"installations": 0}
 
 
 class BacklogContentionError(PushgwError):
@@ -43,7 +65,7 @@ class StoredPush:
     time: str
     push_id: str
     data: dict[str, Any]
-    prev: str | None = None  # the `time` of the installation's previous push (None: the first one)
+    seq: int | None = None  # its log entry (None: kept in a presence document by an earlier version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +77,30 @@ class StoreRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry: one push for several installations, `seq` in the app's commit order."""
+
+    seq: int
+    time: str
+    push_id: str
+    data: dict[str, Any]
+    installations: list[str]
+
+    def push(self) -> StoredPush:
+        return StoredPush(time=self.time, push_id=self.push_id, data=self.data, seq=self.seq)
+
+
+@dataclass(frozen=True, slots=True)
 class Stored:
-    """A push as committed, with the installation's newest connection at that moment (None: never held)."""
+    """A push as committed for one installation, and the entry it is part of."""
 
     installation_id: str
     push: StoredPush
-    holder: str | None
+    entry: Entry
 
 
 @dataclass(frozen=True, slots=True)
 class Presence:
-    newest_time: str | None
     holder: str | None
 
 
@@ -75,187 +110,246 @@ class Retention:
     cap: int
 
 
-class Backlog:
-    """The stored pushes of one app's installations (collection `_PPNSBacklog` in the app's database)."""
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """The requests of one store that become one entry: same push, same payload, same expiry."""
 
-    def __init__(self, collection: AsyncCollection[Document], retention: Retention) -> None:
-        self._collection = collection
+    key: str
+    push_id: str
+    data: dict[str, Any]
+    expiry_ms: float | None
+    installations: list[str]
+
+
+class _LogWriter(GroupCommit[list[_Group], dict[str, Entry]]):
+    """The stores of one worker at once: one transaction for all their entries (entries already stored,
+    e.g. by a redelivered batch, are returned as they are)."""
+
+    def __init__(self, backlog: Backlog) -> None:
+        super().__init__(max_batch=64)
+        self._backlog = backlog
+
+    async def write(self, groups: list[_Group]) -> dict[str, Entry]:
+        return await self._submit(groups)
+
+    async def _write(self, batch: list[tuple[list[_Group], asyncio.Future[dict[str, Entry]]]]) -> None:
+        groups = {group.key: group for groups, _ in batch for group in groups}
+        entries = await self._backlog.commit(list(groups.values()))
+        for _, future in batch:
+            settle(future, entries)
+
+
+class Backlog:
+    """The stored pushes and the presence of one app's installations (collections in the app's database)."""
+
+    def __init__(self, database: AsyncDatabase[Document], prefix: str, retention: Retention) -> None:
+        self._client = database.client
+        self._presence = database.get_collection(prefix + COLLECTION)
+        self._log = database.get_collection(prefix + LOG)
+        self._sequence = database.get_collection(prefix + SEQUENCE)
+        self._written = database.get_collection(prefix + WRITTEN)
         self._retention = retention
+        self._ready = False
+        self._writer = _LogWriter(self)
+
+    async def ensure(self) -> None:
+        """The log's indexes and the sequence document (once per process)."""
+        if self._ready:
+            return
+        await self._log.create_index([("installations", ASCENDING), ("time", ASCENDING)])
+        await self._written.create_index([("installations", ASCENDING), ("time", ASCENDING)])
+        await self._log.create_index("key", unique=True)
+        for collection in (self._log, self._written):
+            try:
+                await collection.create_index(
+                    "stored_at", expireAfterSeconds=max(1, self._retention.window_ms // 1000)
+                )
+            except OperationFailure as error:  # retention changed: the read-time check still applies it
+                log.warning("ppns_log_ttl_index_kept", error=str(error))
+        with contextlib.suppress(DuplicateKeyError):
+            await self._sequence.insert_one({"_id": _SEQUENCE_ID, "seq": 0, "time_ms": 0})
+        self._ready = True
+
+    # --- storing -----------------------------------------------------------------------------------------
 
     async def store(
-        self, installation_id: str, push_id: str, data: dict[str, Any], expiry_ms: float | None, now_ms: int
+        self, installation_id: str, push_id: str, data: dict[str, Any], expiry_ms: float | None
     ) -> StoredPush:
-        """Store a push once (the same `push_id` again returns the stored one) with a `time` later than
-        every earlier push of the installation; older and expired pushes beyond the limits are dropped."""
-        stored = await self.store_one(StoreRequest(installation_id, push_id, data, expiry_ms), now_ms)
+        """Store one push for one installation (the same push again returns the stored one)."""
+        stored = (await self.store_many([StoreRequest(installation_id, push_id, data, expiry_ms)]))[0]
+        if isinstance(stored, Exception):
+            raise stored
         return stored.push
 
-    async def store_one(self, request: StoreRequest, now_ms: int) -> Stored:
-        """`store`, returning the holder the push committed under."""
-        for _ in range(_MAX_SWAPS):
-            document = await self._collection.find_one({"_id": request.installation_id})
-            stored, operation = self._plan(request, document, now_ms)
-            if operation is None:
-                return stored
-            if await self._apply(operation):
-                return stored
-        raise BacklogContentionError(
-            f"installation {request.installation_id}: {_MAX_SWAPS} concurrent writers"
-        )
-
-    async def store_many(self, requests: Sequence[StoreRequest], now_ms: int) -> list[Stored | Exception]:
-        """Store one push per installation (distinct installations) with one read and one bulk write per
-        `IN_CHUNK` installations; an installation whose compare-and-set lost a race is retried alone with
-        `store_one`. Per request: the stored push or the error it failed with (PyMongoError or contention)."""
-        results: list[Stored | Exception] = []
-        for start in range(0, len(requests), IN_CHUNK):
-            results += await self._store_chunk(requests[start : start + IN_CHUNK], now_ms)
-        return results
-
-    async def _store_chunk(self, requests: Sequence[StoreRequest], now_ms: int) -> list[Stored | Exception]:
-        ids = [request.installation_id for request in requests]
-        documents = {
-            document["_id"]: document async for document in self._collection.find({"_id": {"$in": ids}})
-        }
-        planned = [
-            self._plan(request, documents.get(request.installation_id), now_ms) for request in requests
-        ]
-        operations = [operation for _, operation in planned if operation is not None]
-        complete = True
-        if operations:
-            try:
-                result = await self._collection.bulk_write(operations, ordered=False)
-                complete = result.matched_count + result.inserted_count == len(operations)
-            except BulkWriteError:
-                complete = False  # e.g. a concurrent first store inserted one of the documents
-        if complete:
-            return [stored for stored, _ in planned]
-        # Some compare-and-sets lost a race: `store_one` is idempotent per push id, so redo them all.
-        results: list[Stored | Exception] = []
-        for request, (stored, operation) in zip(requests, planned, strict=True):
-            if operation is None:
-                results.append(stored)
-                continue
-            try:
-                results.append(await self.store_one(request, now_ms))
-            except Exception as error:
-                results.append(error)
-        return results
-
-    def _plan(
-        self, request: StoreRequest, document: Document | None, now_ms: int
-    ) -> tuple[Stored, InsertOne[Document] | UpdateOne | None]:
-        """The push `request` becomes against `document`, and the write that commits it (None: stored
-        already, same push id)."""
-        holder = document.get("holder") if document else None
-        pushes: list[Document] = document["pushes"] if document else []
-        previous: Document | None = None
-        for entry in pushes:
-            if entry["push_id"] == request.push_id:
-                return Stored(request.installation_id, _stored(entry, previous), holder), None
-            previous = entry
-        last_ms = int(document["last_time_ms"]) if document else 0
-        prev = document.get("last_time") if document else None
-        time_ms = max(now_ms, last_ms + 1)
-        entry = {
-            "time": format_time(time_ms),
-            "push_id": request.push_id,
-            "data": request.data,
-            "stored_ms": now_ms,
-            "expires_ms": request.expiry_ms,
-            "prev": prev,
-        }
-        kept = [*self._live(pushes, now_ms), entry][-self._retention.cap :]
-        values = {"pushes": kept, "last_time_ms": time_ms, "last_time": entry["time"]}
-        stored = Stored(request.installation_id, _stored(entry, None), holder)
-        if document is None:
-            return stored, InsertOne({"_id": request.installation_id, "written_time": None, **values})
-        # `holder` in the filter: a handshake claiming the installation meanwhile makes this store retry,
-        # so the holder returned is the one current at commit time.
-        where = {"_id": request.installation_id, "last_time_ms": last_ms, "holder": holder}
-        return stored, UpdateOne(where, {"$set": values})
-
-    async def _apply(self, operation: InsertOne[Document] | UpdateOne) -> bool:
+    async def store_many(self, requests: Sequence[StoreRequest]) -> list[Stored | Exception]:
+        """Store a batch: one entry per distinct (push, payload, expiry), all in one transaction shared with
+        the worker's other stores at that moment. The same batch stored again (a redelivery) returns the
+        entries already committed. Per request: its stored push, or the error the store failed with."""
+        groups = _groups(requests)
         try:
-            result = await self._collection.bulk_write([operation])
-        except (BulkWriteError, DuplicateKeyError):
-            return False
-        return result.matched_count + result.inserted_count == 1
+            await self.ensure()
+            entries = await self._writer.write(list(groups.values()))
+        except (PyMongoError, BacklogContentionError) as error:
+            return [error] * len(requests)
+        results: list[Stored | Exception] = []
+        for request in requests:
+            entry = entries[groups[_group_key(request)].key]
+            results.append(Stored(request.installation_id, entry.push(), entry))
+        return results
 
-    def _live(self, pushes: Sequence[Document], now_ms: int) -> list[Document]:
-        oldest_ms = now_ms - self._retention.window_ms
-        return [
-            entry
-            for entry in pushes
-            if entry["stored_ms"] >= oldest_ms
-            and (entry["expires_ms"] is None or entry["expires_ms"] > now_ms)
-        ]
+    async def commit(self, groups: list[_Group]) -> dict[str, Entry]:
+        """The entries of `groups` by key: those already in the log, and the others committed now."""
+        for _ in range(_STORE_ATTEMPTS):
+            found = {
+                document["key"]: _entry(document)
+                async for document in self._log.find({"key": {"$in": [group.key for group in groups]}})
+            }
+            missing = [group for group in groups if group.key not in found]
+            if not missing:
+                return found
+            try:
+                async with self._client.start_session() as session:
+                    committed = await session.with_transaction(
+                        functools.partial(self._append, groups=missing)
+                    )
+            except (DuplicateKeyError, BulkWriteError) as error:
+                if not _duplicate(error):
+                    raise
+                continue  # a concurrent store of the same batch committed first: read it
+            return found | {entry_key: entry for entry_key, entry in committed}
+        raise BacklogContentionError(f"{len(groups)} log entries: {_STORE_ATTEMPTS} conflicting stores")
+
+    async def _append(self, session: AsyncClientSession, groups: list[_Group]) -> list[tuple[str, Entry]]:
+        """Inside the transaction: the next `seq`s and `time`s after the sequence document's, the entries,
+        and the sequence document advanced (the document concurrent stores conflict on)."""
+        sequence = await self._sequence.find_one({"_id": _SEQUENCE_ID}, session=session) or {}
+        seq, time_ms = int(sequence.get("seq", 0)), int(sequence.get("time_ms", 0))
+        now = int(datetime.now(UTC).timestamp() * 1000)
+        documents: list[Document] = []
+        committed: list[tuple[str, Entry]] = []
+        for group in groups:
+            seq, time_ms = seq + 1, max(now, time_ms + 1)
+            time = format_time(time_ms)
+            documents.append(
+                {
+                    "_id": seq,
+                    "key": group.key,
+                    "time": time,
+                    "push_id": group.push_id,
+                    "data": group.data,
+                    "expires_ms": group.expiry_ms,
+                    "stored_ms": now,
+                    "stored_at": datetime.fromtimestamp(now / 1000, UTC),
+                    "installations": group.installations,
+                }
+            )
+            committed.append((group.key, Entry(seq, time, group.push_id, group.data, group.installations)))
+        await self._log.insert_many(documents, session=session)
+        await self._sequence.update_one(
+            {"_id": _SEQUENCE_ID}, {"$set": {"seq": seq, "time_ms": time_ms}}, upsert=True, session=session
+        )
+        return committed
+
+    # --- reading -----------------------------------------------------------------------------------------
+
+    async def sequence(self) -> int:
+        """The app's newest committed `seq` (0: nothing stored yet)."""
+        document = await self._sequence.find_one({"_id": _SEQUENCE_ID})
+        return int((document or {}).get("seq", 0))
+
+    async def entries_between(self, after: int, upto: int) -> list[Entry]:
+        """The entries with `after` < seq ≤ `upto`, in `seq` order (a node filling a gap)."""
+        cursor = self._log.find({"_id": {"$gt": after, "$lte": upto}}).sort("_id", ASCENDING)
+        return [_entry(document) async for document in cursor]
 
     async def replay(
-        self, installation_id: str, last: str | None, no_last: NoLastPolicy, now_ms: int
+        self,
+        installation_id: str,
+        last: str | None,
+        no_last: NoLastPolicy,
+        now_ms: int,
+        presence: Document | None = None,
     ) -> tuple[list[StoredPush], str | None]:
         """Retained, unexpired pushes strictly after `last`, oldest first, and the cursor to continue from
-        once they are written: the installation's newest stored `time` (expired and dropped pushes count
-        as passed), or `last` if that is newer.
+        once they are written: the newest stored `time` for the installation (expired and dropped pushes
+        count as passed), or `last` if that is newer.
 
-        Without `last`: every retained push (`retained`), those never written to a socket (`unwritten`),
-        or none (`none`)."""
-        document = await self._collection.find_one({"_id": installation_id})
-        return self.replay_of(document, last, no_last, now_ms)
-
-    def replay_of(
-        self, document: Document | None, last: str | None, no_last: NoLastPolicy, now_ms: int
-    ) -> tuple[list[StoredPush], str | None]:
-        """`replay` from a document already read (e.g. by `claim`)."""
-        if document is None:
-            return [], last
+        Without `last`: every retained push (`retained`), those after the newest one written to a socket
+        (`unwritten`), or none stored so far (`none`). `presence`: the document `claim` just read."""
+        if presence is None:
+            presence = await self._presence.find_one({"_id": installation_id})
         after = last
         if last is None and no_last == "unwritten":
-            after = document.get("written_time")
+            after = await self._written_time(installation_id, presence)
         elif last is None and no_last == "none":
-            return [], document.get("last_time")
-        pushes = [
-            _stored(entry, None)
-            for entry in self._live(document["pushes"], now_ms)
-            if after is None or entry["time"] > after
+            sequence = await self._sequence.find_one({"_id": _SEQUENCE_ID}) or {}
+            newest_ms = int(sequence.get("time_ms", 0))
+            return [], format_time(newest_ms) if newest_ms else None
+        query: Document = {"installations": installation_id}
+        if after is not None:
+            query["time"] = {"$gt": after}
+        found = [entry async for entry in self._log.find(query, _WITHOUT_AUDIENCE).sort("time", ASCENDING)]
+        legacy = [
+            entry for entry in (presence or {}).get("pushes", []) if after is None or entry["time"] > after
         ]
-        newest = document.get("last_time")
+        entries = sorted(legacy, key=lambda entry: str(entry["time"])) + found
+        newest = max((str(entry["time"]) for entry in entries), default=None)
+        live = [entry for entry in entries if self._retained(entry, now_ms)][-self._retention.cap :]
+        pushes = [
+            StoredPush(time=entry["time"], push_id=entry["push_id"], data=entry["data"], seq=entry.get("_id"))
+            for entry in live
+        ]
         cursor = after if newest is None or (after is not None and after > newest) else newest
         return pushes, cursor
 
-    async def mark_written(self, installation_id: str, time: str) -> None:
-        """Remember the newest push written to the device's socket (for a later handshake without `last`)."""
-        await self.mark_written_many({installation_id: time})
+    def _retained(self, entry: Document, now_ms: int) -> bool:
+        expires = entry.get("expires_ms")
+        return entry["stored_ms"] >= now_ms - self._retention.window_ms and (
+            expires is None or expires > now_ms
+        )
 
-    async def mark_written_many(self, written: dict[str, str]) -> None:
-        """`mark_written` for many installations: one bulk write per `IN_CHUNK` (`$max`: never backwards;
-        a null `written_time` sorts below every string)."""
+    # --- presence ----------------------------------------------------------------------------------------
+
+    async def _written_time(self, installation_id: str, presence: Document | None) -> str | None:
+        """The newest `time` written to the installation's socket: the newest log entry marked written for
+        it, or what an earlier version kept in its presence document."""
+        cursor = self._written.find({"installations": installation_id}, {"time": 1}).sort("time", -1).limit(1)
+        newest = [str(entry["time"]) async for entry in cursor]
+        kept = (presence or {}).get("written_time")
+        return max([*newest, *([kept] if isinstance(kept, str) else [])], default=None)
+
+    async def mark_written(self, entries: dict[str, list[str]], legacy: dict[str, str]) -> None:
+        """Remember which installations were written a push of the log (`entries`: by `time`; one inserted
+        document per push and flush, however many devices: updating a document with large arrays costs
+        SecantusDB a re-index of all of them), and for pushes an earlier version kept in presence
+        documents, the newest `time` written (`$max`, one bulk write per `IN_CHUNK`)."""
+        now = datetime.now(UTC)
+        marks = [{"time": time, "installations": ids, "stored_at": now} for time, ids in entries.items()]
+        if marks:
+            await self._written.insert_many(marks, ordered=False)
         operations = [
             UpdateOne({"_id": installation_id}, {"$max": {"written_time": time}})
-            for installation_id, time in written.items()
+            for installation_id, time in legacy.items()
         ]
         for start in range(0, len(operations), IN_CHUNK):
-            await self._collection.bulk_write(operations[start : start + IN_CHUNK], ordered=False)
+            await self._presence.bulk_write(operations[start : start + IN_CHUNK], ordered=False)
 
     async def claim(self, installation_id: str, holder: str) -> tuple[str | None, Document]:
         """Record `holder` (one connection on one node) as the installation's newest connection; returns
-        the holder it replaced (None: none) and the document as of the claim, so the handshake's replay
-        needs no second read: the compare-and-set is on `holder` *and* `last_time_ms`, so no push was
-        stored between the read and the claim, and every push stored after it routes to `holder`.
-        A read and a compare-and-set, not findAndModify (a collection scan on SecantusDB)."""
+        the holder it replaced (None: none) and the presence document as of the claim. A read and a
+        compare-and-set, not findAndModify (a collection scan on SecantusDB)."""
         for _ in range(_MAX_SWAPS):
-            document = await self._collection.find_one({"_id": installation_id})
+            document = await self._presence.find_one({"_id": installation_id})
             if document is None:
-                document = {"_id": installation_id, **_EMPTY, "holder": holder}
+                document = {"_id": installation_id, "holder": holder, "written_time": None}
                 try:
-                    await self._collection.insert_one(dict(document))
-                except DuplicateKeyError:  # a concurrent first store created the document
+                    await self._presence.insert_one(dict(document))
+                except DuplicateKeyError:  # a concurrent claim created the document
                     continue
                 return None, document
             previous = document.get("holder")
-            result = await self._collection.update_one(
-                {"_id": installation_id, "holder": previous, "last_time_ms": document["last_time_ms"]},
-                {"$set": {"holder": holder}},
+            result = await self._presence.update_one(
+                {"_id": installation_id, "holder": previous}, {"$set": {"holder": holder}}
             )
             if result.matched_count == 1:
                 document["holder"] = holder
@@ -263,35 +357,58 @@ class Backlog:
         raise BacklogContentionError(f"installation {installation_id}: {_MAX_SWAPS} concurrent claims")
 
     async def presence(self, installation_ids: Sequence[str]) -> dict[str, Presence]:
-        """The newest stored push `time` and the newest connection of each installation with a document."""
+        """The newest connection of each installation with a presence document."""
         found: dict[str, Presence] = {}
         ids = list(installation_ids)
         for start in range(0, len(ids), IN_CHUNK):
-            cursor = self._collection.find(
-                {"_id": {"$in": ids[start : start + IN_CHUNK]}}, {"last_time": 1, "holder": 1}
-            )
+            cursor = self._presence.find({"_id": {"$in": ids[start : start + IN_CHUNK]}}, {"holder": 1})
             async for document in cursor:
-                found[document["_id"]] = Presence(document.get("last_time"), document.get("holder"))
+                found[document["_id"]] = Presence(document.get("holder"))
         return found
 
 
-def _unexpired(entry: Document, now_ms: int) -> bool:
-    return entry["expires_ms"] is None or entry["expires_ms"] > now_ms
+def _duplicate(error: PyMongoError) -> bool:
+    if isinstance(error, DuplicateKeyError):
+        return True
+    details = getattr(error, "details", None) or {}
+    return any(item.get("code") == 11000 for item in details.get("writeErrors", []))
 
 
-def _stored(entry: Document, previous: Document | None) -> StoredPush:
-    """An entry; `prev` from the entry (or, for entries stored before `prev` was kept, the one before it)."""
-    prev = entry["prev"] if "prev" in entry else (previous["time"] if previous else None)
-    return StoredPush(time=entry["time"], push_id=entry["push_id"], data=entry["data"], prev=prev)
+def _entry(document: Document) -> Entry:
+    return Entry(
+        seq=int(document["_id"]),
+        time=str(document["time"]),
+        push_id=str(document["push_id"]),
+        data=document["data"],
+        installations=[str(installation) for installation in document.get("installations", [])],
+    )
+
+
+def _group_key(request: StoreRequest) -> str:
+    payload = json.dumps([request.data, request.expiry_ms], sort_keys=True, separators=(",", ":"))
+    return f"{request.push_id}:{hashlib.sha1(payload.encode()).hexdigest()[:12]}"
+
+
+def _groups(requests: Sequence[StoreRequest]) -> dict[str, _Group]:
+    """Requests with the same push, payload and expiry → one group; the key names the push, the payload and
+    the installations, so the same batch stored twice is found again."""
+    members: dict[str, list[StoreRequest]] = {}
+    for request in requests:
+        members.setdefault(_group_key(request), []).append(request)
+    groups: dict[str, _Group] = {}
+    for base, items in members.items():
+        installations = sorted({item.installation_id for item in items})
+        digest = hashlib.sha1("\n".join(installations).encode()).hexdigest()[:16]
+        first = items[0]
+        groups[base] = _Group(f"{base}:{digest}", first.push_id, first.data, first.expiry_ms, installations)
+    return groups
 
 
 def open_backlogs(client: AsyncMongoClient[Document], settings: Settings) -> dict[str, Backlog]:
     """The backlog of every configured app, by app id, with the `[ppns]` retention limits."""
     ppns = settings.ppns or PpnsSettings()
     retention = Retention(window_ms=int(ppns.retention_s * 1000), cap=ppns.backlog_cap)
-    return {
-        app.app_id: Backlog(
-            app_database(client, app).get_collection(app.collection_prefix + COLLECTION), retention
-        )
-        for app in settings.apps
-    }
+    backlogs: dict[str, Backlog] = {}
+    for app in settings.apps:
+        backlogs[app.app_id] = Backlog(app_database(client, app), app.collection_prefix, retention)
+    return backlogs

@@ -8,9 +8,10 @@ import random
 import socket
 import ssl
 import struct
+import sys
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from pymongo.errors import PyMongoError
 
 from ppns.backlog import Backlog, BacklogContentionError, Document, StoredPush
 from ppns.live import holder_node
-from ppns.protocol import PONG, Handshake, LineFramer, LineTooLongError, encode_push, is_ping, parse_handshake
+from ppns.protocol import PONG, LineFramer, LineTooLongError, encode_push, is_ping, parse_handshake
 from ppns.registry import InstallationKey, Registry
 from ppns.timers import Admissions, KeepaliveWheel, WrittenTimes
 from pushgw import metrics
@@ -27,7 +28,6 @@ from pushgw.settings import PpnsSettings
 
 log = get_logger(__name__)
 _PEER_GONE = (OSError, ssl.SSLError, LineTooLongError)
-READ_TASK = "ppns-backlog-read"
 PENDING_LIMIT = 100  # live pushes held during a backlog read; beyond that the backlog is read again
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 4.0  # backlog reads while the database fails (< SHUTDOWN_WAIT_S)
 
@@ -45,7 +45,7 @@ class NodeContext:
     written: WrittenTimes
     # (app id, installation id, replaced holder) after a handshake took the installation from another node
     replaced_elsewhere: Callable[[str, str, str], None]
-    tasks: set[asyncio.Task[None]]  # the connections' backlog reads after the replay (awaited at shutdown)
+    tasks: set[asyncio.Task[None]]  # the node's reads of missing log entries (awaited at shutdown)
     admissions: Admissions  # handshakes waiting for their claim and replay
 
 
@@ -85,10 +85,9 @@ class DeviceConnection(asyncio.Protocol):
     No task and no stream objects while a device idles (memory per connection is the point): input is
     framed in `data_received`, keep-alives come from the node's wheel, live pushes from the node queue
     (`deliver`, called by the node's consumer). The handshake's claim and replay run in one of the node's
-    admission workers (`admit`); a later backlog read after the cursor (`_catch_up`: a gap in the live
-    pushes, the safety-net sweep) is a task of its own while it runs. Neither is ever cancelled: a pymongo
-    operation cancelled mid-flight leaks its socket (PYTHON-5867); `_closed` ends them once their query
-    returns.
+    admission workers (`admit`), and reads the log again if more live pushes arrived meanwhile than it
+    keeps. It is never cancelled: a pymongo operation cancelled mid-flight leaks its socket (PYTHON-5867);
+    `_closed` ends it once its query returns.
     """
 
     __slots__ = (
@@ -97,7 +96,7 @@ class DeviceConnection(asyncio.Protocol):
         "_cursor",
         "_drained",
         "_framer",
-        "_handshake",
+        "_greeted",
         "_node",
         "_on_lost",
         "_on_made",
@@ -124,14 +123,14 @@ class DeviceConnection(asyncio.Protocol):
         self._framer = LineFramer(node.settings.max_input_line_bytes)
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._handshake: Handshake | None = None
+        self._greeted = False  # the PPNS handshake line was accepted (the Handshake itself is not kept)
         self._cursor: str | None = None
         self._closed = False
         self._registered = False
         self._reading: asyncio.Task[Any] | None = None  # the admission or a backlog read, while running
         self._again = False  # another backlog read is due once the running one ends
         self._replayed = False  # the handshake's replay is done
-        self._pending: list[StoredPush] = []  # live pushes that arrived during a backlog read
+        self._pending: list[StoredPush] | None = None  # live pushes that arrived during a backlog read
         self._drained: asyncio.Future[None] | None = None  # set while the transport is paused for writing
         self.claimed = False  # recorded as the installation's holder in the backlog
         self.key: InstallationKey = ("", "")
@@ -158,12 +157,12 @@ class DeviceConnection(asyncio.Protocol):
             return
         try:
             lines = self._framer.feed(data)
-            if self._handshake is None:
+            if not self._greeted:
                 lines = self._take_handshake(lines)
             for line in lines:
                 self._answer(line)
         except LineTooLongError:
-            if self._handshake is None:
+            if not self._greeted:
                 metrics.PPNS_HANDSHAKES.labels("too_long").inc()
             self.reset()
         except SlowReaderError:
@@ -176,7 +175,7 @@ class DeviceConnection(asyncio.Protocol):
             self.reset()
 
     def eof_received(self) -> bool:
-        if self._handshake is None and self._timer is not None:
+        if not self._greeted and self._timer is not None:
             metrics.PPNS_HANDSHAKES.labels("closed").inc()
         self.reset()  # RST, never FIN
         return False
@@ -226,8 +225,9 @@ class DeviceConnection(asyncio.Protocol):
             self._closed = True  # ignore anything else it sends
             asyncio.get_running_loop().call_later(self._node.settings.reject_delay_s, self.reset)
             return []
-        self._handshake = handshake
-        self.key = (handshake.app_id, handshake.installation_id)
+        self._greeted = True
+        # One string per configured app id, not one per device (checked above: a configured one).
+        self.key = (sys.intern(handshake.app_id), handshake.installation_id)
         self.holder = f"{self._node.node_id}/{uuid.uuid4().hex[:12]}"
         self._cursor = handshake.last
         # Locally first, so a live push arriving while the claim is written finds this connection (it
@@ -240,7 +240,7 @@ class DeviceConnection(asyncio.Protocol):
 
     def _handshake_timed_out(self) -> None:
         self._timer = None
-        if self._handshake is None and not self._closed:
+        if not self._greeted and not self._closed:
             metrics.PPNS_HANDSHAKES.labels("timeout").inc()
             self.reset()
 
@@ -274,12 +274,6 @@ class DeviceConnection(asyncio.Protocol):
             return
         self._node.keepalive.add(self)
         await self._read_backlog(document)
-
-    def _start(self, work: Coroutine[Any, Any, None], name: str | None = None) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(work, name=name)
-        self._node.tasks.add(task)
-        task.add_done_callback(self._node.tasks.discard)
-        return task
 
     # --- writes ------------------------------------------------------------------------------------------
 
@@ -323,12 +317,15 @@ class DeviceConnection(asyncio.Protocol):
     # --- pushes ------------------------------------------------------------------------------------------
 
     def deliver(self, push: StoredPush) -> None:
-        """A push from the node queue: written now if it is the next in line after the cursor (`prev` ≤
-        cursor), skipped if already passed, and a gap (a push before it not seen yet) reads the backlog."""
+        """A push from the node's entries, which arrive in commit order with nothing missing before them
+        (ppns/subscriber.py): written now, or skipped if the cursor has passed it (a replay wrote it). While
+        a replay runs it waits, and is checked once the replay is written."""
         if self._closed:
             return
         if self._reading is not None or not self._replayed:
-            if len(self._pending) < PENDING_LIMIT:
+            if self._pending is None:
+                self._pending = [push]
+            elif len(self._pending) < PENDING_LIMIT:
                 self._pending.append(push)
             else:  # the backlog holds them all: read it again once the running read ends
                 self._again = True
@@ -340,33 +337,15 @@ class DeviceConnection(asyncio.Protocol):
         if cursor is not None and push.time <= cursor:
             metrics.PPNS_PUSHES.labels("duplicate").inc()
             return
-        if push.prev is None or (cursor is not None and push.prev <= cursor):
-            self._cursor = push.time
-            line = self._line_within_limit(push)
-            if line is not None and self._write_or_reset(line):
-                metrics.PPNS_PUSHES.labels("written").inc()
-                self._node.written.note(self.key[0], self.key[1], push.time)
-            return
-        metrics.PPNS_PUSHES.labels("gap").inc()
-        self._catch_up()
-
-    def wake(self, newest_time: str) -> None:
-        """The safety-net sweep: a push up to `newest_time` is stored for this installation."""
-        if self._cursor is None or newest_time > self._cursor:
-            self._catch_up()
-
-    def _catch_up(self) -> None:
-        """Read the backlog after the cursor (once more if a read is running)."""
-        if self._closed or not self.claimed:
-            return
-        if self._reading is not None:
-            self._again = True
-            return
-        self._reading = self._start(self._read_backlog(), READ_TASK)
+        self._cursor = push.time
+        line = self._line_within_limit(push)
+        if line is not None and self._write_or_reset(line):
+            metrics.PPNS_PUSHES.labels("written").inc()
+            self._node.written.note(self.key[0], self.key[1], push)
 
     async def _read_backlog(self, document: Document | None = None) -> None:
         """Write what the backlog holds after the cursor (from `document` if the claim just read it), then
-        the live pushes that arrived meanwhile; again while a gap or a wake-up asks for it. A database
+        the live pushes that arrived meanwhile; again if more arrived than `_pending` keeps. A database
         error is retried with backoff: until a read succeeds, live pushes wait in `_pending`."""
         backlog = self._node.backlogs[self.key[0]]
         retry_s = RETRY_FIRST_S
@@ -386,11 +365,11 @@ class DeviceConnection(asyncio.Protocol):
                     document = None
                 retry_s = RETRY_FIRST_S
                 metrics.PPNS_WRITE_SECONDS.observe(time.monotonic() - started)
-                pending, self._pending = self._pending, []
+                pending, self._pending = self._pending or [], None
                 for push in pending:
                     if self._closed:
                         return
-                    self._deliver_now(push)  # a gap here sets `_again`
+                    self._deliver_now(push)
                 if not self._again:
                     return
         except SlowReaderError:
@@ -408,10 +387,9 @@ class DeviceConnection(asyncio.Protocol):
         """Write every stored push after the cursor, oldest first, one write each."""
         first = not self._replayed
         policy = self._node.settings.replay_without_last if first else "retained"
-        if document is not None:
-            pushes, cursor = backlog.replay_of(document, self._cursor, policy, self._node.now_ms())
-        else:
-            pushes, cursor = await backlog.replay(self.key[1], self._cursor, policy, self._node.now_ms())
+        pushes, cursor = await backlog.replay(
+            self.key[1], self._cursor, policy, self._node.now_ms(), presence=document
+        )
         for push in pushes:
             if self._closed:
                 return
@@ -420,7 +398,7 @@ class DeviceConnection(asyncio.Protocol):
             line = self._line_within_limit(push)
             if line is not None:
                 self._write(line)
-                self._node.written.note(self.key[0], self.key[1], push.time)
+                self._node.written.note(self.key[0], self.key[1], push)
                 metrics.PPNS_PUSHES.labels("replayed" if first else "caught_up").inc()
             self._cursor = push.time
             await self._drain()

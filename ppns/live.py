@@ -1,17 +1,18 @@
-"""Live delivery: one RabbitMQ queue per PPNS node carries stored pushes (and resets) to the node holding
-the device.
+"""Live delivery: every stored log entry reaches every PPNS node, which writes it to the devices it holds.
 
-The backlog stays the record (a push is sent once stored) and the only replay source; the node queue is a
-shortcut that saves the node a database read per push. Its messages are disposable: a message lost (broker
-down, queue missing, node restarting) is a *gap* the node notices from the next push's `prev`, or that its
-safety-net sweep of the backlog finds, and the device reads it from the backlog either way.
+The log (ppns/backlog.py) stays the record (a push is sent once stored) and the only replay source; live
+messages are a shortcut that saves the nodes a database read per push. They are disposable: a message lost
+(broker down, queue missing, node restarting) is a gap in the app's `seq` that the node notices from the
+next entry, or that its sweep of the sequence document finds, and reads from the log either way.
 
 * A node consumes `<queue.prefix>.ppns.<node id>`: exclusive and auto-delete, so RabbitMQ deletes it as soon
   as the node's connection closes (a crash included: the kernel closes the socket; a vanished host after
-  the AMQP heartbeat). A message to a node that is gone is dropped by the default exchange (no route).
-* The fleet's provider publishes one message per node per batch: `{"app": …, "push": [[installation id,
-  time, prev, push id, data], …]}`. A node that takes over an installation from another node sends the
-  other node `{"app": …, "reset": [[installation id, replaced holder], …]}`.
+  the AMQP heartbeat). The queue is bound to the fanout exchange `<queue.prefix>.ppns.entries`.
+* The fleet's provider publishes the entries it stored to that exchange, so every node gets every entry:
+  `{"app": …, "entries": [[seq, time, push id, data, [installation id, …]], …]}`. Routing needs no read of
+  where each device is; each node looks its installations up in its own registry.
+* A node that takes over an installation from another node sends that node, on its queue,
+  `{"app": …, "reset": [[installation id, replaced holder], …]}`.
 * Publishing is fire-and-forget (no confirms, not persistent): it never fails or delays a delivery.
 """
 
@@ -29,9 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
-from ppns.backlog import Stored, StoredPush
+from ppns.backlog import Entry
 from pushgw import metrics
 from pushgw.logs import get_logger
 from pushgw.reconnect import Reconnector
@@ -57,10 +58,14 @@ def holder_node(holder: str) -> str:
     return holder.rpartition("/")[0]
 
 
+def entries_exchange(prefix: str) -> str:
+    return f"{prefix}.ppns.entries"
+
+
 @dataclass(frozen=True, slots=True)
-class LivePushes:
+class LiveEntries:
     app_id: str
-    pushes: list[tuple[str, StoredPush]]  # (installation id, push)
+    entries: list[Entry]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,29 +74,26 @@ class LiveResets:
     resets: list[tuple[str, str]]  # (installation id, the holder to reset)
 
 
-def encode_pushes(app_id: str, stored: list[Stored]) -> bytes:
-    lines = [
-        [item.installation_id, item.push.time, item.push.prev, item.push.push_id, item.push.data]
-        for item in stored
-    ]
-    return json.dumps({"app": app_id, "push": lines}, separators=(",", ":")).encode()
+def encode_entries(app_id: str, entries: list[Entry]) -> bytes:
+    lines = [[entry.seq, entry.time, entry.push_id, entry.data, entry.installations] for entry in entries]
+    return json.dumps({"app": app_id, "entries": lines}, separators=(",", ":")).encode()
 
 
 def encode_resets(app_id: str, resets: list[tuple[str, str]]) -> bytes:
     return json.dumps({"app": app_id, "reset": [list(reset) for reset in resets]}).encode()
 
 
-def decode(body: bytes) -> LivePushes | LiveResets | None:
+def decode(body: bytes) -> LiveEntries | LiveResets | None:
     """A node-queue message; None if it is neither (logged by the caller)."""
     try:
         message = json.loads(body)
         app_id = str(message["app"])
-        if "push" in message:
-            pushes = [
-                (str(i), StoredPush(time=t, push_id=p, data=d, prev=prev))
-                for i, t, prev, p, d in message["push"]
+        if "entries" in message:
+            entries = [
+                Entry(int(seq), str(time), str(push_id), data, [str(i) for i in installations])
+                for seq, time, push_id, data, installations in message["entries"]
             ]
-            return LivePushes(app_id, pushes)
+            return LiveEntries(app_id, entries)
         return LiveResets(app_id, [(str(i), str(h)) for i, h in message["reset"]])
     except (ValueError, KeyError, TypeError):
         return None
@@ -136,6 +138,8 @@ class NodeLink:
         try:
             channel = await connection.channel(publisher_confirms=False)
             queue = await channel.declare_queue(self.queue_name, exclusive=True, auto_delete=True)
+            exchange = await _declare_entries(channel, self._settings.prefix)
+            await queue.bind(exchange)
             await queue.consume(self._receive, no_ack=True)
         except BaseException:
             await connection.close()
@@ -186,6 +190,7 @@ class LivePublisher:
         self._settings = settings
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
         self._lock = asyncio.Lock()
         self._retry_at = 0.0
 
@@ -193,11 +198,12 @@ class LivePublisher:
     def enabled(self) -> bool:
         return not self._settings.is_memory
 
-    async def publish(self, node_id: str, body: bytes) -> bool:
+    async def publish_entries(self, body: bytes) -> bool:
+        """To every node (the fanout exchange)."""
         channel = await self._ready_channel()
-        if channel is None:
+        if channel is None or self._exchange is None:
             return False
-        ok = await _publish(channel, node_queue(self._settings.prefix, node_id), body)
+        ok = await _publish(self._exchange, "", body)
         if not ok:
             self._retry_at = time.monotonic() + PUBLISH_RETRY_S
             await self._drop()
@@ -221,6 +227,7 @@ class LivePublisher:
                 )
                 self._channel = await connection.channel(publisher_confirms=False)
                 self._connection = connection
+                self._exchange = await _declare_entries(self._channel, self._settings.prefix)
             except _CONNECT_ERRORS as error:
                 log.warning("ppns_live_publisher_unavailable", error=str(error))
                 self._retry_at = time.monotonic() + PUBLISH_RETRY_S
@@ -228,7 +235,7 @@ class LivePublisher:
             return self._channel
 
     async def _drop(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
+        connection, self._connection, self._channel, self._exchange = self._connection, None, None, None
         if connection is not None:
             with contextlib.suppress(*_CONNECT_ERRORS):
                 await connection.close()
@@ -237,21 +244,19 @@ class LivePublisher:
         await self._drop()
 
 
-async def _publish(channel: AbstractChannel, queue_name: str, body: bytes) -> bool:
+async def _declare_entries(channel: AbstractChannel, prefix: str) -> AbstractExchange:
+    """The fanout exchange every node queue is bound to (declared alike by nodes and publishers)."""
+    return await channel.declare_exchange(entries_exchange(prefix), aio_pika.ExchangeType.FANOUT)
+
+
+async def _publish(target: AbstractChannel | AbstractExchange, routing_key: str, body: bytes) -> bool:
+    """To `target`'s routing key (a channel: its default exchange, i.e. one queue)."""
     message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT)
+    exchange = target.default_exchange if isinstance(target, AbstractChannel) else target
     try:
-        await channel.default_exchange.publish(message, routing_key=queue_name, timeout=5)
+        await exchange.publish(message, routing_key=routing_key, timeout=5)
     except (*_CONNECT_ERRORS, aio_pika.exceptions.ChannelInvalidStateError) as error:
-        log.warning("ppns_live_publish_failed", queue=queue_name, error=str(error))
+        log.warning("ppns_live_publish_failed", target=routing_key or exchange.name, error=str(error))
         metrics.PPNS_PUSHES.labels("publish_failed").inc()
         return False
     return True
-
-
-def group_by_node(stored: list[Stored]) -> dict[str, list[Stored]]:
-    """Stored pushes by the node holding their installation (never-held installations are left out)."""
-    grouped: dict[str, list[Stored]] = {}
-    for item in stored:
-        if item.holder:
-            grouped.setdefault(holder_node(item.holder), []).append(item)
-    return grouped

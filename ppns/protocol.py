@@ -48,22 +48,30 @@ class Handshake:
 class LineFramer:
     """Splits input bytes into lines ending in LF or CRLF; bounded by `max_line_bytes`."""
 
+    __slots__ = ("_buffer", "_max")
+
     def __init__(self, max_line_bytes: int) -> None:
         self._max = max_line_bytes
-        self._buffer = bytearray()
+        self._buffer: bytearray | None = None  # only while a line is incomplete (an idle device has none)
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Complete lines (without LF or CRLF) found so far; raise LineTooLongError on an endless line."""
-        self._buffer += chunk
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = bytearray(chunk)
+        else:
+            buffer += chunk
         lines: list[bytes] = []
-        while (end := self._buffer.find(LINE_END)) >= 0:
-            line = bytes(self._buffer[:end]).rstrip(b"\r")
-            del self._buffer[: end + 1]
+        while (end := buffer.find(LINE_END)) >= 0:
+            line = bytes(buffer[:end]).rstrip(b"\r")
+            del buffer[: end + 1]
             if len(line) > self._max:
                 raise LineTooLongError(len(line))
             lines.append(line)
-        if len(self._buffer) > self._max:
-            raise LineTooLongError(len(self._buffer))
+        if len(buffer) > self._max:
+            raise LineTooLongError(len(buffer))
+        if not buffer:
+            self._buffer = None
         return lines
 
 

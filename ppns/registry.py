@@ -19,10 +19,6 @@ class LiveConnection(Protocol):
         """Close abortively (RST)."""
         ...
 
-    def wake(self, newest_time: str) -> None:
-        """A push up to `newest_time` is stored for this installation."""
-        ...
-
     def deliver(self, push: StoredPush) -> None:
         """A push from the node queue."""
         ...

@@ -7,6 +7,7 @@ import contextlib
 import socket
 import ssl
 import time
+from collections.abc import Callable
 
 from prometheus_client import start_http_server
 from pymongo import AsyncMongoClient
@@ -17,6 +18,7 @@ from ppns.live import NodeLink, default_node_id, encode_resets, holder_node, nod
 from ppns.registry import Registry
 from ppns.subscriber import BacklogWatcher, LiveDispatcher
 from ppns.timers import Admissions, KeepaliveWheel, WrittenTimes
+from ppns.tls import TlsEndpoint, prefer_chacha20
 from pushgw import metrics
 from pushgw.errors import PushgwError
 from pushgw.logs import get_logger
@@ -47,6 +49,7 @@ def tls_context(settings: PpnsSettings) -> ssl.SSLContext:
     context.set_ciphers(TLS12_CIPHERS)
     context.load_cert_chain(settings.cert_file, settings.key_file)
     context.set_alpn_protocols(["http/1.1"])
+    prefer_chacha20(context)  # TLS 1.3: the suite with the smallest per-connection state first
     return context
 
 
@@ -78,14 +81,16 @@ class PpnsServer:
         )
         live = not settings.queue.is_memory
         interval_s = self._settings.poll_interval_s if live else self._settings.poll_interval_without_broker_s
-        self._watcher = BacklogWatcher(registry, backlogs, interval_s, self.node_id)
+        self._dispatcher = LiveDispatcher(registry, backlogs, self._node.tasks)
+        self._watcher = BacklogWatcher(registry, backlogs, self._dispatcher, interval_s, self.node_id)
         self._link = (
-            NodeLink(settings.queue, self.node_id, LiveDispatcher(registry), self._watcher.sweep_soon)
+            NodeLink(settings.queue, self.node_id, self._dispatcher, self._watcher.sweep_soon)
             if live
             else None
         )
         self._prefix = settings.queue.prefix
         self._server: asyncio.Server | None = None
+        self._tls: TlsEndpoint | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._written_task: asyncio.Task[None] | None = None
         self._notices: set[asyncio.Task[bool]] = set()
@@ -93,6 +98,8 @@ class PpnsServer:
         self._written_stop = asyncio.Event()
         self._connections: set[DeviceConnection] = set()
         self._all_gone = asyncio.Event()
+        # Bound once: a bound method per connection would cost 2 × 64 bytes per idle device.
+        self._on_made, self._on_lost = self._made, self._lost
 
     @property
     def port(self) -> int:
@@ -114,15 +121,19 @@ class PpnsServer:
         context = None if self._settings.plain_tcp else tls_context(self._settings)
         if self._link is not None:
             await self._link.start()  # before listening: a device's first live push finds the queue
+        await self._dispatcher.prime()  # entries from here on are live; a handshake replays the rest
         listener = socket.create_server(
             (self._settings.host, self._settings.port), backlog=1024, reuse_port=self._reuse_port
         )
         # Accepted sockets inherit SO_LINGER/SO_KEEPALIVE, so even a failed TLS handshake ends in RST.
         configure_socket(listener, self._settings)
-        timeout = None if context is None else self._settings.handshake_timeout_s
-        self._server = await asyncio.get_running_loop().create_server(
-            self._connection, sock=listener, ssl=context, ssl_handshake_timeout=timeout
-        )
+        # TLS is terminated by the node's own layer (ppns/tls.py), not the loop's SSL transport: a third of
+        # the memory per idle connection (docs/benchmarks.md).
+        factory: Callable[[], asyncio.BaseProtocol] = self._connection
+        if context is not None:
+            self._tls = TlsEndpoint(context, self._connection, self._settings.handshake_timeout_s)
+            factory = self._tls.protocol
+        self._server = await asyncio.get_running_loop().create_server(factory, sock=listener)
         self._tasks = [
             asyncio.create_task(self._watcher.run(self._stopping), name="ppns-sweep"),
             asyncio.create_task(self._keepalive.run(self._stopping), name="ppns-keepalive"),
@@ -150,7 +161,7 @@ class PpnsServer:
         notice.add_done_callback(self._notices.discard)
 
     def _connection(self) -> DeviceConnection:
-        return DeviceConnection(self._node, self._made, self._lost)
+        return DeviceConnection(self._node, self._on_made, self._on_lost)
 
     def _made(self, connection: DeviceConnection) -> bool:
         if self._stopping.is_set():
@@ -197,8 +208,8 @@ class PpnsServer:
 
     @property
     def socket_count(self) -> int:
-        """Every open socket, handshaking ones included."""
-        return len(self._connections)
+        """Every open socket, handshaking ones included (TLS handshakes too)."""
+        return len(self._connections) + (0 if self._tls is None else self._tls.handshaking)
 
 
 async def run_node_until(settings: Settings, stop: asyncio.Event, *, reuse_port: bool = False) -> None:

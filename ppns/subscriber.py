@@ -1,15 +1,18 @@
 """Stored pushes and newer connections → the live connections of this node.
 
-Live path: the node queue (ppns/live.py) carries each stored push, with its `time` and `prev`, to the node
-holding the installation; `LiveDispatcher` hands it to the connection, which writes it if it is the next in
-line and otherwise reads its backlog. Resets sent by a node that took an installation over end the older
-connection here.
+Live path: every node gets every log entry (ppns/live.py). `LiveDispatcher` puts each app's entries back in
+`seq` order — a later one waits until the ones before it arrived, and after `GAP_WAIT_S` the missing ones
+are read from the log — and hands each entry to the connections it names that this node holds. Since the
+log commits entries in `seq` order, an entry delivered this way has nothing missing before it, and a
+connection only skips what it has already passed. Resets sent by a node that took an installation over end
+the older connection here.
 
-Safety net: `BacklogWatcher` reads, every `poll_interval_s` (5 s by default; `poll_interval_without_broker_s`
-when there is no broker), the newest stored `time` and the holder of each installation this node holds,
-wakes the connections that are behind (a lost live message, a publish that failed) and resets connections
-that are no longer the installation's newest (a lost reset message). The backlog stays the only source of
-truth, so neither path can reorder or skip a push.
+Safety net: `BacklogWatcher`, every `poll_interval_s` (30 s by default; `poll_interval_without_broker_s`
+when there is no broker, which makes it the delivery path), reads each app's sequence document and fetches
+the entries this node has not seen (a lost message with nothing after it, a publish that failed), and reads
+the holder of each installation this node holds to reset connections that are no longer the installation's
+newest (a lost reset message). The log stays the only source of truth, so neither path can reorder or skip
+a push.
 """
 
 from __future__ import annotations
@@ -18,35 +21,119 @@ import asyncio
 
 from pymongo.errors import PyMongoError
 
-from ppns.backlog import IN_CHUNK, Backlog, Presence
-from ppns.live import LivePushes, decode, holder_node
+from ppns.backlog import IN_CHUNK, Backlog, Entry, Presence
+from ppns.live import LiveEntries, decode, holder_node
 from ppns.registry import LiveConnection, Registry
 from pushgw import metrics
 from pushgw.logs import get_logger
 
 log = get_logger(__name__)
 CHUNK = IN_CHUNK
+GAP_WAIT_S = 0.2  # an entry arriving out of order waits this long for the ones before it
+
+
+class _AppEntries:
+    """One app's entries on this node: `watermark` = every entry up to it has been handed out."""
+
+    def __init__(
+        self, app_id: str, backlog: Backlog, registry: Registry, tasks: set[asyncio.Task[None]]
+    ) -> None:
+        self._app_id, self._backlog, self._registry, self._tasks = app_id, backlog, registry, tasks
+        self.watermark: int | None = None
+        self._waiting: dict[int, Entry] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading: asyncio.Task[None] | None = None
+
+    def receive(self, entry: Entry) -> None:
+        if self.watermark is None:  # the log could not be read at start: the first entry is the baseline
+            self.watermark = entry.seq - 1
+        if entry.seq <= self.watermark:
+            return  # handed out already (a gap read and a late message, or a republished entry)
+        self._waiting[entry.seq] = entry
+        while self.watermark + 1 in self._waiting:
+            self.watermark += 1
+            self._hand_out(self._waiting.pop(self.watermark))
+        if not self._waiting:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(GAP_WAIT_S, self._gap_due)
+
+    def _hand_out(self, entry: Entry) -> None:
+        push = entry.push()
+        for installation_id in entry.installations:
+            connection = self._registry.get((self._app_id, installation_id))
+            if connection is not None:
+                connection.deliver(push)
+
+    def _gap_due(self) -> None:
+        self._timer = None
+        if self._waiting and (self._reading is None or self._reading.done()):
+            metrics.PPNS_PUSHES.labels("gap").inc()
+            self._reading = asyncio.get_running_loop().create_task(self.catch_up(max(self._waiting)))
+            self._tasks.add(self._reading)
+            self._reading.add_done_callback(self._tasks.discard)
+
+    async def prime(self) -> None:
+        """Start after the newest committed entry (a connection's handshake replays everything before)."""
+        sequence = await self._backlog.sequence()
+        if self.watermark is None or sequence > self.watermark:
+            self.watermark = sequence
+
+    async def catch_up(self, upto: int | None = None) -> None:
+        """Hand out the entries up to `upto` (default: the newest committed) not handed out yet."""
+        try:
+            if upto is None:
+                upto = await self._backlog.sequence()
+            if self.watermark is None:
+                self.watermark = upto
+                return
+            if upto <= self.watermark:
+                return
+            for entry in await self._backlog.entries_between(self.watermark, upto):
+                self.receive(entry)
+            if self.watermark < upto:  # committed but gone: expired from the log (a node long cut off)
+                log.warning("ppns_log_entries_expired", app_id=self._app_id, after=self.watermark, upto=upto)
+                self.watermark = upto
+                waiting, self._waiting = self._waiting, {}
+                for seq in sorted(waiting):
+                    self.receive(waiting[seq])  # those at or below `upto` are dropped
+        except PyMongoError as error:
+            log.warning("ppns_log_unavailable", app_id=self._app_id, error=str(error))
+            if self._waiting and self._timer is None:  # try again later
+                self._timer = asyncio.get_running_loop().call_later(GAP_WAIT_S, self._gap_due)
 
 
 class LiveDispatcher:
     """Node-queue messages → this node's connections (runs in the consumer, never awaits)."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(
+        self, registry: Registry, backlogs: dict[str, Backlog], tasks: set[asyncio.Task[None]]
+    ) -> None:
         self._registry = registry
+        self.apps = {
+            app_id: _AppEntries(app_id, backlog, registry, tasks) for app_id, backlog in backlogs.items()
+        }
+
+    async def prime(self) -> None:
+        """Each app's newest committed entry (an app whose log cannot be read: from its first message)."""
+        for app_id, entries in self.apps.items():
+            try:
+                await entries.prime()
+            except PyMongoError as error:
+                log.warning("ppns_log_unavailable", app_id=app_id, error=str(error))
 
     def __call__(self, body: bytes) -> None:
         message = decode(body)
         if message is None:
             log.warning("ppns_node_queue_malformed", size=len(body))
             return
-        if isinstance(message, LivePushes):
-            for installation_id, push in message.pushes:
-                connection = self._registry.get((message.app_id, installation_id))
-                if connection is None:
-                    # Gone or moved: the device's next handshake replays it from the backlog.
-                    metrics.PPNS_PUSHES.labels("not_held").inc()
-                else:
-                    connection.deliver(push)
+        if isinstance(message, LiveEntries):
+            entries = self.apps.get(message.app_id)
+            if entries is not None:
+                for entry in message.entries:
+                    entries.receive(entry)
             return
         for installation_id, holder in message.resets:
             connection = self._registry.get((message.app_id, installation_id))
@@ -57,11 +144,17 @@ class LiveDispatcher:
 
 class BacklogWatcher:
     def __init__(
-        self, registry: Registry, backlogs: dict[str, Backlog], interval_s: float, node_id: str
+        self,
+        registry: Registry,
+        backlogs: dict[str, Backlog],
+        dispatcher: LiveDispatcher,
+        interval_s: float,
+        node_id: str,
     ) -> None:
         self._registry = registry
         self._node_id = node_id
         self._backlogs = backlogs
+        self._dispatcher = dispatcher
         self._interval_s = interval_s
         self._soon = asyncio.Event()
 
@@ -98,6 +191,8 @@ class BacklogWatcher:
         return bool(done)
 
     async def poll_once(self, stop: asyncio.Event | None = None, spread_s: float = 0.0) -> None:
+        for entries in self._dispatcher.apps.values():
+            await entries.catch_up()
         chunks = [
             (app_id, connections[start : start + CHUNK])
             for app_id, connections in self._registry.by_app().items()
@@ -124,5 +219,3 @@ def _apply(connection: LiveConnection, presence: Presence, node_id: str) -> None
         # registry already decided, and the late claim hands the installation back.)
         metrics.PPNS_RESETS.labels("replaced_elsewhere").inc()
         connection.reset()
-    elif presence.newest_time is not None:
-        connection.wake(presence.newest_time)

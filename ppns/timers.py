@@ -9,7 +9,7 @@ from typing import Protocol
 
 from pymongo.errors import PyMongoError
 
-from ppns.backlog import Backlog
+from ppns.backlog import Backlog, StoredPush
 from pushgw.logs import get_logger
 
 log = get_logger(__name__)
@@ -59,20 +59,24 @@ class KeepaliveWheel:
 
 
 class WrittenTimes:
-    """The newest push `time` written per installation, recorded in the backlog in one bulk write per app
-    every `interval_s` (instead of one update per push)."""
+    """What the node wrote to devices, recorded every `interval_s`: one document per push of the log naming
+    the installations it was written to, however many devices, instead of one update per device."""
 
     def __init__(self, backlogs: dict[str, Backlog], interval_s: float) -> None:
         self._backlogs = backlogs
         self._interval_s = interval_s
-        self._pending: dict[str, dict[str, str]] = {}
+        self._entries: dict[str, dict[str, list[str]]] = {}  # app → push `time` → installations
+        self._legacy: dict[str, dict[str, str]] = {}
         self._soon = asyncio.Event()
 
-    def note(self, app_id: str, installation_id: str, time: str) -> None:
-        written = self._pending.setdefault(app_id, {})
+    def note(self, app_id: str, installation_id: str, push: StoredPush) -> None:
+        if push.seq is not None:
+            self._entries.setdefault(app_id, {}).setdefault(push.time, []).append(installation_id)
+            return
+        written = self._legacy.setdefault(app_id, {})
         known = written.get(installation_id)
-        if known is None or time > known:
-            written[installation_id] = time
+        if known is None or push.time > known:
+            written[installation_id] = push.time
 
     def flush_soon(self) -> None:
         """Flush now rather than at the end of the interval (a connection closed: the device may
@@ -92,14 +96,18 @@ class WrittenTimes:
         await self.flush()
 
     async def flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        for app_id, written in pending.items():
+        entries, self._entries = self._entries, {}
+        legacy, self._legacy = self._legacy, {}
+        for app_id in entries.keys() | legacy.keys():
+            marks, kept = entries.get(app_id, {}), legacy.get(app_id, {})
             try:
-                await self._backlogs[app_id].mark_written_many(written)
+                await self._backlogs[app_id].mark_written(marks, kept)
             except PyMongoError as error:
-                log.warning("ppns_written_time_unavailable", installations=len(written), error=str(error))
-                for installation_id, time in written.items():  # keep them for the next round
-                    self.note(app_id, installation_id, time)
+                log.warning("ppns_written_time_unavailable", entries=len(marks), error=str(error))
+                for time, installations in marks.items():  # keep them for the next round
+                    self._entries.setdefault(app_id, {}).setdefault(time, []).extend(installations)
+                for installation_id, time in kept.items():
+                    self.note(app_id, installation_id, StoredPush(time, "", {}))
 
 
 class Admittable(Protocol):

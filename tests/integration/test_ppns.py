@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import json
 import socket
 import ssl
+import struct
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from ppns.backlog import open_backlogs
+from ppns.protocol import format_time
 from pushgw.emulators.tls import ServerCertificates, write_server_certificates
 from pushgw.messages import Device
 from pushgw.mongo import create_client
@@ -392,7 +397,7 @@ def store_silently(settings: Settings, installation_id: str, *datas: dict[str, A
         try:
             backlog = open_backlogs(mongo, settings)["app1"]
             for data in datas:
-                await backlog.store(installation_id, f"S{next(_push_counter):09d}", data, None, now_ms())
+                await backlog.store(installation_id, f"S{next(_push_counter):09d}", data, None)
         finally:
             await mongo.close()
 
@@ -449,16 +454,20 @@ def test_a_push_reaches_a_connected_device_through_its_node_queue_without_a_swee
     assert device.alerts() == alerts and not device.desynced
     assert_clean_wire(device)
     assert (pushes("written") - written, pushes("caught_up") - caught_up) == (5, 0)
-    # `written_time` follows in one bulk update: a reconnect without `last` gets nothing again.
+    # Each push is recorded as written to the device (one document per push, within `written_interval_s`)...
+    marks = mongo[db_name]["_PPNSWritten"]
     until(
-        lambda: (
-            (mongo[db_name]["_PPNSBacklog"].find_one({"_id": device.installation_id}) or {}).get(
-                "written_time"
-            )
-            == device.last
-        ),
-        what="written_time",
+        lambda: marks.count_documents({"installations": device.installation_id}) == 5,
+        what="the five pushes recorded as written",
     )
+    # ...so a reconnect without `last` (the `unwritten` policy) gets nothing again, and a later push does.
+    device.close()
+    again = node.device(LINUX, installation_id=device.installation_id)
+    again.send_handshake(omit_last=True)
+    held_by(mongo, db_name, device.installation_id, node)
+    store(live_settings, device.installation_id, {"alert": "later"})
+    wait_for(again, lambda: len(again.pushes) == 1, "only the later push")
+    assert again.alerts() == ["later"]
 
 
 def test_a_lost_live_message_is_a_gap_read_from_the_backlog_in_order(
@@ -547,7 +556,7 @@ def test_provider_counts_pushes_sent_when_the_broker_is_unreachable(
     assert device.alerts() == ["stored only", "next"]
 
 
-def test_one_batch_for_devices_on_two_nodes_is_one_live_message_per_node(
+def test_one_batch_for_devices_on_two_nodes_is_one_log_entry_that_reaches_both_nodes(
     ppns_node_factory: NodeFactory, live_settings: Settings, mongo: Any, db_name: str
 ) -> None:
     nodes = [live_node(ppns_node_factory, live_settings) for _ in range(2)]
@@ -578,9 +587,109 @@ def test_one_batch_for_devices_on_two_nodes_is_one_live_message_per_node(
     assert [type(outcome) for outcome in outcomes] == [Sent] * 14  # a duplicate row is stored once
     for device in devices:
         wait_for(device, lambda d=device: d.alerts() == ["all"], "the broadcast")
-    assert pushes("published") == published + 12  # in two messages (one per node); the offline one: none
-    stored = mongo[db_name]["_PPNSBacklog"].find_one({"_id": devices[0].installation_id})
-    assert [entry["push_id"] for entry in stored["pushes"]] == ["Bcast00001"]
+    assert pushes("published") == published + 13  # one entry for 13 installations, the offline one included
+    entries = list(mongo[db_name]["_PPNSLog"].find({"installations": devices[0].installation_id}))
+    assert [
+        (entry["push_id"], entry["installations"].count(devices[0].installation_id)) for entry in entries
+    ] == [("Bcast00001", 1)]
+
+
+def test_two_workers_storing_at_once_reach_the_device_in_strictly_increasing_time_losing_none(
+    ppns_node_factory: NodeFactory, live_settings: Settings, mongo: Any, db_name: str
+) -> None:
+    """Two providers (two workers) store 20 pushes each for one installation, concurrently: their log
+    transactions conflict and retry, entries commit in `seq` order, and the device gets all 40 in order."""
+    node = live_node(ppns_node_factory, live_settings)
+    device = held_device(node, mongo, db_name)
+
+    async def run() -> list[Outcome]:
+        client = create_client(live_settings.mongo.uri or "", live_settings.mongo.timeout_ms)
+        providers = [PpnsProvider(live_settings, client) for _ in range(2)]
+        target = Device(
+            object_id="o", device_type="embedded", transport="ppns", installation_id=device.installation_id
+        )
+
+        async def one(worker: int, n: int) -> list[Outcome]:
+            push = PushContext(app_id="app1", push_id=f"W{worker}{n:08d}", options={}, expiry_ms=None)
+            return await providers[worker].send(push, [Notification(target, {"alert": f"{worker}-{n}"})])
+
+        try:
+            answers = await asyncio.gather(*(one(worker, n) for n in range(20) for worker in (0, 1)))
+            return [outcome for answer in answers for outcome in answer]
+        finally:
+            for provider in providers:
+                await provider.close()
+            await client.close()
+
+    outcomes = asyncio.run(run())
+    assert [type(outcome) for outcome in outcomes] == [Sent] * 40
+    wait_for(device, lambda: len(device.pushes) == 40, "all 40 pushes")
+    assert sorted(device.alerts()) == sorted(f"{w}-{n}" for w in (0, 1) for n in range(20))
+    assert_clean_wire(device)  # `time` strictly increasing
+    entries = mongo[db_name]["_PPNSLog"].find({"installations": device.installation_id}).sort("_id", 1)
+    times = [entry["time"] for entry in entries]
+    assert len(times) == 40 and times == sorted(times)  # commit (`seq`) order is `time` order
+
+
+def test_a_batch_stored_twice_is_one_log_entry_and_written_once(
+    ppns_node_factory: NodeFactory, live_settings: Settings, mongo: Any, db_name: str
+) -> None:
+    """A redelivered unit stores the same batch again: the entry already committed is returned (Sent) and
+    republished, and the node, having handed it out, does not write it twice."""
+    node = live_node(ppns_node_factory, live_settings)
+    device = held_device(node, mongo, db_name)
+
+    async def run() -> list[Outcome]:
+        client = create_client(live_settings.mongo.uri or "", live_settings.mongo.timeout_ms)
+        provider = PpnsProvider(live_settings, client)
+        target = Device(
+            object_id="o", device_type="embedded", transport="ppns", installation_id=device.installation_id
+        )
+        push = PushContext(app_id="app1", push_id="Twice00001", options={}, expiry_ms=None)
+        try:
+            first = await provider.send(push, [Notification(target, {"alert": "once"})])
+            return first + await provider.send(push, [Notification(target, {"alert": "once"})])
+        finally:
+            await provider.close()
+            await client.close()
+
+    assert [type(outcome) for outcome in asyncio.run(run())] == [Sent, Sent]
+    store(live_settings, device.installation_id, {"alert": "after"})
+    wait_for(device, lambda: device.alerts()[-1:] == ["after"], "the push after it")
+    assert device.alerts() == ["once", "after"]
+    assert mongo[db_name]["_PPNSLog"].count_documents({"push_id": "Twice00001"}) == 1
+
+
+def test_pushes_stored_by_an_earlier_version_are_still_replayed_before_new_ones(
+    node: RunningNode, settings: Settings, mongo: Any, db_name: str
+) -> None:
+    """Before the log, each installation's pushes were kept in its `_PPNSBacklog` document: after an
+    upgrade a device still gets them on its next handshake, oldest first, then the ones stored since."""
+    device = node.device(LINUX)
+    old = now_ms() - 60_000
+    mongo[db_name]["_PPNSBacklog"].insert_one(
+        {
+            "_id": device.installation_id,
+            "written_time": None,
+            "last_time_ms": old + 1,
+            "pushes": [
+                {
+                    "time": format_time(old + n),
+                    "push_id": f"Old000000{n}",
+                    "data": {"alert": f"old {n}"},
+                    "stored_ms": old,
+                    "expires_ms": None,
+                    "prev": None,
+                }
+                for n in range(2)
+            ],
+        }
+    )
+    store(settings, device.installation_id, {"alert": "new"})
+    device.send_handshake()
+    wait_for(device, lambda: len(device.pushes) == 3, "the two old pushes and the new one")
+    assert device.alerts() == ["old 0", "old 1", "new"]
+    assert_clean_wire(device)
 
 
 def test_the_safety_net_sweep_delivers_a_lost_live_message_with_no_push_after_it(
@@ -597,3 +706,224 @@ def test_the_safety_net_sweep_delivers_a_lost_live_message_with_no_push_after_it
     held_by(mongo, db_name, device.installation_id, node)
     store_silently(settings, device.installation_id, {"alert": "lost"})
     wait_for(device, lambda: device.alerts() == ["lost"], "the sweep to find the stored push")
+
+
+# --- the node's own TLS layer (ppns/tls.py): one read buffer and one pair of MemoryBIOs for all connections
+
+
+def tls_client(
+    node: RunningNode,
+    *,
+    piece: int | None = None,
+    receive_buffer: int | None = None,
+    context: ssl.SSLContext | None = None,
+    session: ssl.SSLSession | None = None,
+    tls12: bool = False,
+) -> tuple[EmulatedDevice, Callable[[], None]]:
+    """A LINUX device connected with TLS (handshake line not sent yet) whose bytes go out in TCP segments
+    of `piece` bytes (TCP_NODELAY), and the function that sends what its TLS state has written so far.
+    `session` (from an earlier connection with the same `context`) asks for a resumption."""
+    if context is None:
+        context = ssl.create_default_context(cafile=str(node.certificates.ca_file))
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        if tls12:
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost", session=session)
+    sock = socket.socket()
+    if receive_buffer is not None:  # before connect: the window stays small, the kernel buffers little
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", node.port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    device = EmulatedDevice(LINUX, str(uuid.uuid4()), "app1", sock, tls, incoming, outgoing)
+    node.devices.append(device)
+
+    def send() -> None:
+        data = outgoing.read()
+        step = piece or len(data) or 1
+        for start in range(0, len(data), step):
+            sock.sendall(data[start : start + step])
+
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            send()
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("reset during the TLS handshake") from None
+            incoming.write(chunk)
+    return device, send
+
+
+def greet(device: EmulatedDevice, send: Callable[[], None]) -> None:
+    """The handshake line and a ping in one TLS record (plus whatever the TLS state still holds)."""
+    device.tls.write(device.handshake_line() + b"{}\n")
+    send()
+
+
+def resets(reason: str) -> float:
+    return REGISTRY.get_sample_value("pushgw_ppns_resets_total", {"reason": reason}) or 0.0
+
+
+def test_a_tls_handshake_and_lines_in_one_byte_segments(node: RunningNode, settings: Settings) -> None:
+    device, send = tls_client(node, piece=1)
+    greet(device, send)
+    wait_for(device, lambda: device.heartbeats == 1, "the pong")
+    until(lambda: node.server.connection_count == 1, what="the handshake")
+    store(settings, device.installation_id, {"alert": "one"}, {"alert": "two"})
+    wait_for(device, lambda: len(device.pushes) == 2, "two pushes")
+    assert device.alerts() == ["one", "two"]
+    assert_clean_wire(device)
+
+
+def test_the_client_finished_and_the_first_lines_in_one_segment(node: RunningNode) -> None:
+    """TLS 1.3: the client's last handshake flight and its first application record arrive in one read;
+    what the handshake leaves in the shared incoming BIO is this connection's first line, not lost."""
+    device, send = tls_client(node)  # its Finished is still unsent: `greet` sends it with the records
+    assert device.tls.version() == "TLSv1.3"
+    greet(device, send)
+    wait_for(device, lambda: device.heartbeats == 1, "the pong")
+    until(lambda: node.server.connection_count == 1, what="the handshake")
+
+
+def test_tls13_prefers_chacha20_and_tls12_gets_a_configured_suite(
+    node: RunningNode, settings: Settings
+) -> None:
+    modern = node.device(LINUX)
+    assert (modern.tls.version(), modern.tls.cipher()[0]) == ("TLSv1.3", "TLS_CHACHA20_POLY1305_SHA256")
+    old, send = tls_client(node, tls12=True)
+    suite = old.tls.cipher()[0]
+    assert old.tls.version() == "TLSv1.2" and suite.startswith("ECDHE-") and "GCM" in suite, suite
+    assert old.tls.selected_alpn_protocol() == "http/1.1"
+    greet(old, send)
+    wait_for(old, lambda: old.heartbeats == 1, "the TLS 1.2 pong")
+    store(settings, old.installation_id, *({"alert": f"push {n}"} for n in range(3)))
+    wait_for(old, lambda: len(old.pushes) == 3, "three pushes over TLS 1.2")
+    assert_clean_wire(old)
+
+
+def test_session_tickets_resume_a_tls13_session(node: RunningNode) -> None:
+    """The tickets the server sends after the handshake reach the device (flushed after the read that
+    completed the handshake) and resume the next connection."""
+    first, send = tls_client(node)
+    greet(first, send)
+    wait_for(first, lambda: first.heartbeats == 1 and first.tls.session.has_ticket, "pong and ticket")
+    first.close()
+    again, send = tls_client(node, context=first.tls.context, session=first.tls.session)
+    assert again.tls.session_reused
+    greet(again, send)
+    wait_for(again, lambda: again.heartbeats == 1, "the pong on the resumed session")
+
+
+def request_key_update(tls: ssl.SSLObject) -> None:
+    """SSL_key_update(ssl, SSL_KEY_UPDATE_REQUESTED) on a client SSLObject (Python has no API for it): the
+    next write sends a KeyUpdate that asks the server to update its keys too."""
+    library = ctypes.CDLL(ssl._ssl.__file__)  # type: ignore[attr-defined]
+    library.SSL_key_update.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    library.SSL_is_server.argtypes = [ctypes.c_void_p]
+    # CPython's _ssl._SSLSocket: object header, weakref to its socket, then the SSL pointer.
+    pointer = ctypes.c_void_p.from_address(
+        id(tls._sslobj) + object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
+    )  # type: ignore[attr-defined]
+    assert library.SSL_is_server(pointer.value) == 0
+    assert library.SSL_key_update(pointer.value, 1) == 1
+
+
+def test_a_key_update_from_the_device_is_answered_and_the_connection_goes_on(
+    node: RunningNode, settings: Settings
+) -> None:
+    device = node.device(LINUX)
+    device.send_handshake()
+    wait_for(device, lambda: device.heartbeats == 1, "the first pong")
+    request_key_update(device.tls)
+    device.ping()  # the KeyUpdate, then the ping under the new key
+    wait_for(device, lambda: device.heartbeats == 2, "the pong after the key update")
+    store(settings, device.installation_id, {"alert": "after the key update"})
+    wait_for(device, lambda: device.alerts() == ["after the key update"], "a push under the server's new key")
+    assert device.state == "open"
+
+
+def test_many_devices_at_once_each_get_only_their_own_pushes(node: RunningNode, settings: Settings) -> None:
+    devices = [node.device(GO if n % 2 else LINUX) for n in range(40)]  # every TLS handshake first
+    for device in devices:
+        device.send_handshake()
+    until(lambda: node.server.connection_count == 40, what="40 handshakes")
+
+    async def run() -> list[Outcome]:
+        mongo = create_client(settings.mongo.uri or "", settings.mongo.timeout_ms)
+        provider = PpnsProvider(settings, mongo)
+        try:
+            batch = [
+                Notification(Device(object_id=f"o{n}", device_type="embedded", transport="ppns",
+                                    installation_id=d.installation_id), {"alert": d.installation_id})
+                for n, d in enumerate(devices)
+            ]  # fmt: skip
+            push = PushContext(app_id="app1", push_id="Many000001", options={}, expiry_ms=None)
+            return await provider.send(push, batch)
+        finally:
+            await provider.close()
+            await mongo.close()
+
+    assert [type(outcome) for outcome in asyncio.run(run())] == [Sent] * 40
+    for device in devices:
+        wait_for(device, lambda d=device: len(d.pushes) == 1, "its push")
+        assert device.alerts() == [device.installation_id]
+        assert_clean_wire(device)
+
+
+def partial_client_hello(node: RunningNode) -> bytes:
+    context = ssl.create_default_context(cafile=str(node.certificates.ca_file))
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    return hello[: len(hello) // 2]
+
+
+@pytest.mark.parametrize("close", ["fin", "rst"])
+def test_a_client_gone_mid_tls_handshake_is_forgotten(node: RunningNode, close: str) -> None:
+    sock = socket.create_connection(("127.0.0.1", node.port), timeout=5)
+    sock.sendall(partial_client_hello(node))
+    until(lambda: node.server.socket_count == 1, what="the handshaking socket counted")
+    if close == "rst":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    until(lambda: node.server.socket_count == 0, what="the socket forgotten")
+    assert node.server.connection_count == 0
+
+
+@pytest.mark.parametrize("sends", [b"", b"partial hello"], ids=["silent", "stalled"])
+def test_a_tls_handshake_not_finished_in_time_is_reset(
+    make_settings: SettingsFactory,
+    ppns_certificates: ServerCertificates,
+    ppns_node_factory: NodeFactory,
+    sends: bytes,
+) -> None:
+    node = ppns_node_factory(ppns_settings(make_settings, ppns_certificates, handshake_timeout_s=0.3))
+    with socket.create_connection(("127.0.0.1", node.port), timeout=5) as sock:
+        sock.sendall(partial_client_hello(node) if sends else b"")
+        with pytest.raises(ConnectionResetError):  # RST, never FIN (which would read as b"")
+            sock.recv(100)
+    until(lambda: node.server.socket_count == 0, what="the socket forgotten")
+
+
+def test_a_device_that_stops_reading_is_reset_as_a_slow_reader(
+    make_settings: SettingsFactory, ppns_certificates: ServerCertificates, ppns_node_factory: NodeFactory
+) -> None:
+    """The socket transport's unsent bytes bound a device that never reads: 200,000 pongs (one 25-byte
+    record each, 5 MB) are more than the kernel's send buffer (`tcp_wmem` max 4 MiB) and a 4 KiB receive
+    window hold."""
+    node = ppns_node_factory(ppns_settings(make_settings, ppns_certificates, max_write_buffer_bytes=4096))
+    device, send = tls_client(node, receive_buffer=4096)
+    greet(device, send)
+    until(lambda: node.server.connection_count == 1, what="the handshake")
+    before = resets("slow_reader")
+    with contextlib.suppress(OSError):  # the reset may come while the pings are still being sent
+        for _ in range(40):
+            device.tls.write(b"{}\n" * 5000)
+            send()
+    until(lambda: resets("slow_reader") == before + 1, what="the slow reader reset")
+    until(lambda: node.server.socket_count == 0, what="the socket forgotten")

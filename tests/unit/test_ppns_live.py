@@ -5,46 +5,30 @@ from __future__ import annotations
 import asyncio
 import re
 
-from ppns.backlog import Stored, StoredPush
+from ppns.backlog import Entry
 from ppns.live import (
-    LivePushes,
+    LiveEntries,
     LiveResets,
     decode,
     default_node_id,
-    encode_pushes,
+    encode_entries,
     encode_resets,
-    group_by_node,
     holder_node,
 )
 from ppns.timers import KeepaliveWheel
 from pushgw.settings import PpnsSettings
 
 
-def stored(installation_id: str, holder: str | None, time: str, prev: str | None) -> Stored:
-    return Stored(installation_id, StoredPush(time, "AbCdEfGhIj", {"alert": "é\n"}, prev), holder)
-
-
-def test_pushes_round_trip_with_time_and_prev() -> None:
-    items = [stored("i1", "n1/c", "2026-11-26T02:00:00.001Z", None),
-             stored("i2", "n1/d", "2026-11-26T02:00:00.002Z", "2026-11-26T01:00:00.000Z")]  # fmt: skip
-    message = decode(encode_pushes("app1", items))
-    assert message == LivePushes("app1", [(item.installation_id, item.push) for item in items])
+def test_entries_round_trip_with_seq_time_and_installations() -> None:
+    entries = [Entry(7, "2026-11-26T02:00:00.001Z", "AbCdEfGhIj", {"alert": "é\n"}, ["i1", "i2"]),
+               Entry(8, "2026-11-26T02:00:00.002Z", "AbCdEfGhIk", {"alert": "b"}, ["i3"])]  # fmt: skip
+    assert decode(encode_entries("app1", entries)) == LiveEntries("app1", entries)
 
 
 def test_resets_round_trip_and_garbage_is_none() -> None:
     assert decode(encode_resets("app1", [("i1", "n2/x")])) == LiveResets("app1", [("i1", "n2/x")])
-    for body in (b"", b"{", b"[]", b'{"app":"a"}', b'{"app":"a","push":[[1]]}'):
+    for body in (b"", b"{", b"[]", b'{"app":"a"}', b'{"app":"a","entries":[[1]]}'):
         assert decode(body) is None
-
-
-def test_stored_pushes_are_grouped_by_the_holder_node_and_unheld_ones_dropped() -> None:
-    items = [stored("i1", "node-a/1", "t1", None), stored("i2", "node-b/2", "t1", None),
-             stored("i3", "node-a/3", "t1", None), stored("i4", None, "t1", None)]  # fmt: skip
-    grouped = group_by_node(items)
-    assert {node: [i.installation_id for i in group] for node, group in grouped.items()} == {
-        "node-a": ["i1", "i3"],
-        "node-b": ["i2"],
-    }
     assert holder_node("host.example-12-ab12cd/0123456789ab") == "host.example-12-ab12cd"
 
 

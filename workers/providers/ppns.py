@@ -1,18 +1,17 @@
-"""PPNS deliveries: store each push in the installation's backlog (a device counts as sent once its push is
-durably stored), then hand the stored pushes to the PPNS nodes holding the devices, one message per node
-per batch on the node's queue (ppns/live.py). An offline device, or one whose live message is lost, gets
-the push from the backlog."""
+"""PPNS deliveries: store each batch in the app's push log (a device counts as sent once its push is durably
+stored: one log entry per batch and payload, ppns/backlog.py), then hand the new entries to every PPNS node
+(ppns/live.py), which writes them to the devices it holds. An offline device, or one whose live message is
+lost, gets the push from the log."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from ppns.backlog import Backlog, BacklogContentionError, Stored, StoreRequest, open_backlogs
-from ppns.live import LivePublisher, encode_pushes, group_by_node
+from ppns.backlog import Backlog, BacklogContentionError, Entry, Stored, StoreRequest, open_backlogs
+from ppns.live import LivePublisher, encode_entries
 from ppns.protocol import ppns_push_id, push_line_bytes
 from pushgw import metrics
 from pushgw.mongo import Document
@@ -53,50 +52,32 @@ class PpnsProvider:
                 outcomes[index] = Failed(device, Reason.PAYLOAD_TOO_LARGE)
                 continue
             requests[index] = StoreRequest(device.installation_id, push_id, notification.data, push.expiry_ms)
-        stored: dict[str, Stored] = {}  # one live line per installation, even if addressed twice
+        entries: dict[int, Entry] = {}
         for index, result in zip(requests, await self._store(backlog, list(requests.values())), strict=True):
             device = notifications[index].device
             if isinstance(result, Stored):
                 metrics.PPNS_PUSHES.labels("stored").inc()
                 outcomes[index] = Sent(device)
-                stored.setdefault(result.installation_id, result)
+                entries[result.entry.seq] = result.entry
             else:
                 outcomes[index] = Deferred(device, BACKLOG_UNAVAILABLE)
-        await self._publish(push.app_id, list(stored.values()))
+        await self._publish(push.app_id, [entries[seq] for seq in sorted(entries)])
         return [outcome for outcome in outcomes if outcome is not None]
 
     async def _store(self, backlog: Backlog, requests: list[StoreRequest]) -> list[Stored | Exception]:
-        """One bulk store for distinct installations; an installation addressed twice in one batch
-        (several `_Installation` rows) is stored again after it, once per extra row (idempotent)."""
-        now_ms = int(time.time() * 1000)
-        seen: set[str] = set()
-        first: list[StoreRequest] = []
-        for request in requests:
-            if request.installation_id not in seen:
-                seen.add(request.installation_id)
-                first.append(request)
+        """One store for the batch (an installation addressed twice, by several `_Installation` rows, is in
+        the entry once)."""
         try:
-            results = dict(zip(map(id, first), await backlog.store_many(first, now_ms), strict=True))
+            return await backlog.store_many(requests)
         except (PyMongoError, BacklogContentionError) as error:
             return [error] * len(requests)
-        ordered: list[Stored | Exception] = []
-        for request in requests:
-            result = results.get(id(request))
-            if result is None:
-                try:
-                    result = await backlog.store_one(request, now_ms)
-                except (PyMongoError, BacklogContentionError) as error:
-                    result = error
-            ordered.append(result)
-        return ordered
 
-    async def _publish(self, app_id: str, stored: list[Stored]) -> None:
-        """One message per node holding some of these installations; never fails the delivery."""
-        if not self._live.enabled:
+    async def _publish(self, app_id: str, entries: list[Entry]) -> None:
+        """The entries to every node, in one message; never fails the delivery."""
+        if not self._live.enabled or not entries:
             return
-        for node_id, items in group_by_node(stored).items():
-            if await self._live.publish(node_id, encode_pushes(app_id, items)):
-                metrics.PPNS_PUSHES.labels("published").inc(len(items))
+        if await self._live.publish_entries(encode_entries(app_id, entries)):
+            metrics.PPNS_PUSHES.labels("published").inc(sum(len(entry.installations) for entry in entries))
 
     async def close(self) -> None:
         await self._live.close()
