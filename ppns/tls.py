@@ -51,17 +51,23 @@ def prefer_chacha20(context: ssl.SSLContext) -> bool:
     on the context's SSL_CTX (the first field after the object header of CPython's `_ssl._SSLContext`
     since 3.2), from the libssl `_ssl` is linked against. Returns False (defaults kept) where that is not
     possible."""
-    if sys.implementation.name != "cpython":
-        return False
+    if sys.implementation.name != "cpython" or not (3, 11) <= sys.version_info < (3, 15):
+        return False  # only the layouts checked (3.11–3.14)
     try:
         library = ctypes.CDLL(ssl._ssl.__file__)  # type: ignore[attr-defined]  # resolves in _ssl's libssl
         set_suites = library.SSL_CTX_set_ciphersuites
+        get_options = library.SSL_CTX_get_options
     except (AttributeError, OSError):
         return False
     set_suites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     set_suites.restype = ctypes.c_int
+    get_options.argtypes = [ctypes.c_void_p]
+    get_options.restype = ctypes.c_uint64
     ssl_ctx = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
-    return ssl_ctx is not None and set_suites(ssl_ctx, TLS13_SUITES) == 1
+    # Only an SSL_CTX that reports this context's options is changed: anything else is left alone.
+    if ssl_ctx is None or get_options(ssl_ctx) != int(context.options):
+        return False
+    return bool(set_suites(ssl_ctx, TLS13_SUITES) == 1)
 
 
 class TlsState(Protocol):
