@@ -61,10 +61,17 @@ class Tally:
 
     def add(self, outcome: Sent | Failed) -> None:
         if isinstance(outcome, Sent):
-            self.sent_per_type[outcome.device.device_type] += 1
+            self.add_many(True, outcome.device.device_type, "", 1)
         else:
-            self.failed_per_type[outcome.device.device_type] += 1
-            self.failed_per_reason[outcome.reason] += 1
+            self.add_many(False, outcome.device.device_type, outcome.reason, 1)
+
+    def add_many(self, sent: bool, device_type: str, reason: str, count: int) -> None:
+        """`count` outcomes alike: sent, or failed with `reason`, of one device type."""
+        if sent:
+            self.sent_per_type[device_type] += count
+        else:
+            self.failed_per_type[device_type] += count
+            self.failed_per_reason[reason] += count
 
     @property
     def sent(self) -> int:

@@ -42,12 +42,12 @@ class _Run:
     item: SendBatch
     database: AsyncDatabase[Document]
     outcomes: dict[str, Outcome] = field(default_factory=dict)
-    unsaved: dict[str, str] = field(default_factory=dict)
+    unsaved: list[str] = field(default_factory=list)  # object ids whose outcome is not saved yet
     saved_at: float = field(default_factory=time.monotonic)
 
     def add(self, outcome: Outcome) -> None:
         self.outcomes[outcome.device.object_id] = outcome
-        self.unsaved[outcome.device.object_id] = _encode(outcome)
+        self.unsaved.append(outcome.device.object_id)  # encoded only if progress is saved (a long send)
 
 
 class Sender:
@@ -204,14 +204,15 @@ class Sender:
     def _tally(self, run: _Run, tokens_removed: int) -> tuple[dict[str, Any], int]:
         """The unit's `_PushStatus` increments and how many devices reached a terminal outcome."""
         tally = Tally()
-        counted_outcomes = Counter(
-            (_kind(outcome), outcome.device.transport, _reason(outcome)) for outcome in run.outcomes.values()
+        # One pass over the unit's devices; metrics and counters from the few distinct groups.
+        groups = Counter(
+            (type(outcome), outcome.device.transport, outcome.device.device_type, _reason(outcome))
+            for outcome in run.outcomes.values()
         )
-        for labels, count in counted_outcomes.items():
-            metrics.DEVICES.labels(*labels).inc(count)
-        for outcome in run.outcomes.values():
-            if not isinstance(outcome, Deferred):
-                tally.add(outcome)
+        for (kind, transport, device_type, reason), count in groups.items():
+            metrics.DEVICES.labels(_KINDS[kind], transport, reason).inc(count)
+            if kind is not Deferred:
+                tally.add_many(kind is Sent, device_type, reason, count)
         increments = tally.increments(utc_offset_key(run.item.utc_offset_min))
         if tokens_removed:
             increments[f"{OWN}.tokens_removed"] = tokens_removed
@@ -241,7 +242,9 @@ class Sender:
     async def _save_progress(self, run: _Run) -> None:
         if not run.unsaved:
             return
-        fields: dict[str, Any] = {f"outcomes.{object_id}": code for object_id, code in run.unsaved.items()}
+        fields: dict[str, Any] = {
+            f"outcomes.{object_id}": _encode(run.outcomes[object_id]) for object_id in run.unsaved
+        }
         fields["expire_at"] = self._clock.now() + _PROGRESS_TTL
         await _progress(run.database).update_one(
             {"_id": _progress_id(run.item)}, {"$set": fields}, upsert=True
@@ -291,8 +294,7 @@ def _decode(device: Device, code: str) -> Outcome:
     return Deferred(device, reason, float(after) if after else None)
 
 
-def _kind(outcome: Outcome) -> str:
-    return {Sent: "sent", Failed: "failed", Deferred: "deferred"}[type(outcome)]
+_KINDS: dict[type, str] = {Sent: "sent", Failed: "failed", Deferred: "deferred"}
 
 
 def _reason(outcome: Outcome) -> str:

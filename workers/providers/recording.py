@@ -63,7 +63,10 @@ class RecordingProvider:
     async def send(self, push: PushContext, notifications: Sequence[Notification]) -> list[Outcome]:
         if self._latency_s:
             await asyncio.sleep(self._latency_s)  # simulated network round trip
-        outcomes = [self._outcome(notification) for notification in notifications]
+        if self._fail_tokens:
+            outcomes = [self._outcome(notification) for notification in notifications]
+        else:  # nothing scripted: every device accepted
+            outcomes = [Sent(notification.device) for notification in notifications]
         if self._keep:
             delivered = [n for n, o in zip(notifications, outcomes, strict=True) if isinstance(o, Sent)]
             if delivered:
