@@ -185,28 +185,25 @@ class Backlog:
         """Store a batch: one entry per distinct (push, payload, expiry), all in one transaction shared with
         the worker's other stores at that moment. The same batch stored again (a redelivery) returns the
         entries already committed. Per request: its stored push, or the error the store failed with."""
-        groups = _groups(requests)
+        if not requests:
+            return []
+        groups, keys = _groups(requests)
         try:
             await self.ensure()
-            entries = await self._writer.write(list(groups.values()))
+            entries = await self._writer.write(groups)
         except (PyMongoError, BacklogContentionError) as error:
             return [error] * len(requests)
-        results: list[Stored | Exception] = []
-        for request in requests:
-            entry = entries[groups[_group_key(request)].key]
-            results.append(Stored(request.installation_id, entry.push(), entry))
-        return results
+        return [
+            Stored(request.installation_id, entries[key].push(), entries[key])
+            for request, key in zip(requests, keys, strict=True)
+        ]
 
     async def commit(self, groups: list[_Group]) -> dict[str, Entry]:
-        """The entries of `groups` by key: those already in the log, and the others committed now."""
+        """The entries of `groups` by key: committed now, or, for a batch stored before (a redelivery, or
+        a concurrent store of the same batch: the transaction meets its key), the entry already there."""
+        found: dict[str, Entry] = {}
+        missing = groups
         for _ in range(_STORE_ATTEMPTS):
-            found = {
-                document["key"]: _entry(document)
-                async for document in self._log.find({"key": {"$in": [group.key for group in groups]}})
-            }
-            missing = [group for group in groups if group.key not in found]
-            if not missing:
-                return found
             try:
                 async with self._client.start_session() as session:
                     committed = await session.with_transaction(
@@ -215,8 +212,14 @@ class Backlog:
             except (DuplicateKeyError, BulkWriteError) as error:
                 if not _duplicate(error):
                     raise
-                continue  # a concurrent store of the same batch committed first: read it
-            return found | {entry_key: entry for entry_key, entry in committed}
+                keys = [group.key for group in missing]
+                async for document in self._log.find({"key": {"$in": keys}}):
+                    found[document["key"]] = _entry(document)
+                missing = [group for group in missing if group.key not in found]
+                if not missing:
+                    return found
+                continue
+            return found | dict(committed)
         raise BacklogContentionError(f"{len(groups)} log entries: {_STORE_ATTEMPTS} conflicting stores")
 
     async def _append(self, session: AsyncClientSession, groups: list[_Group]) -> list[tuple[str, Entry]]:
@@ -389,19 +392,27 @@ def _group_key(request: StoreRequest) -> str:
     return f"{request.push_id}:{hashlib.sha1(payload.encode()).hexdigest()[:12]}"
 
 
-def _groups(requests: Sequence[StoreRequest]) -> dict[str, _Group]:
-    """Requests with the same push, payload and expiry → one group; the key names the push, the payload and
-    the installations, so the same batch stored twice is found again."""
+def _groups(requests: Sequence[StoreRequest]) -> tuple[list[_Group], list[str]]:
+    """Requests with the same push, payload and expiry → one group, and each request's group key. The key
+    names the push, the payload and the installations, so the same batch stored twice is found again. A
+    batch's devices share a few payload objects (one per locale), so each is encoded once, not per device."""
+    bases: dict[tuple[str, int, float | None], str] = {}
     members: dict[str, list[StoreRequest]] = {}
+    request_bases: list[str] = []
     for request in requests:
-        members.setdefault(_group_key(request), []).append(request)
+        same = (request.push_id, id(request.data), request.expiry_ms)
+        base = bases.get(same)
+        if base is None:
+            base = bases[same] = _group_key(request)
+        members.setdefault(base, []).append(request)
+        request_bases.append(base)
     groups: dict[str, _Group] = {}
     for base, items in members.items():
         installations = sorted({item.installation_id for item in items})
         digest = hashlib.sha1("\n".join(installations).encode()).hexdigest()[:16]
         first = items[0]
         groups[base] = _Group(f"{base}:{digest}", first.push_id, first.data, first.expiry_ms, installations)
-    return groups
+    return list(groups.values()), [groups[base].key for base in request_bases]
 
 
 def open_backlogs(client: AsyncMongoClient[Document], settings: Settings) -> dict[str, Backlog]:

@@ -41,13 +41,17 @@ class PpnsProvider:
         outcomes: list[Outcome | None] = [None] * len(notifications)
         requests: dict[int, StoreRequest] = {}
         push_id = ppns_push_id(push.push_id)
+        sizes: dict[int, int] = {}  # line size by payload object, alive for the whole call
         for index, notification in enumerate(notifications):
             device = notification.device
             if not device.installation_id:
                 outcomes[index] = Failed(device, MISSING_INSTALLATION_ID)
                 continue
             limit = self._settings.push_line_limit(push.app_id, device.installation_id)
-            if push_line_bytes(notification.data) > limit:
+            size = sizes.get(id(notification.data))
+            if size is None:  # devices share a few payload objects (one per locale): encode each once
+                size = sizes[id(notification.data)] = push_line_bytes(notification.data)
+            if size > limit:
                 metrics.PPNS_PUSHES.labels("too_large").inc()
                 outcomes[index] = Failed(device, Reason.PAYLOAD_TOO_LARGE)
                 continue
