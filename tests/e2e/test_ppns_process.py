@@ -88,6 +88,15 @@ def test_ppns_process_serves_a_device_and_resets_it_on_sigterm(
         device.close()
 
 
+def live_section(certificates: ServerCertificates, port: int, metrics_port: int, node_id: str) -> str:
+    """The `[ppns]` settings of a node that listens on `port` and gets pushes live (the sweep disabled)."""
+    return (
+        f'host = "127.0.0.1"\nport = {port}\ncert_file = "{certificates.cert_file}"\n'
+        f'key_file = "{certificates.key_file}"\nmetrics_port = {metrics_port}\nnode_id = "{node_id}"\n'
+        f"poll_interval_s = {NO_SWEEP}\n"
+    )
+
+
 def start_live_node(
     processes: ProcessFactory,
     tmp_path: Path,
@@ -99,11 +108,7 @@ def start_live_node(
 ) -> tuple[PushgwProcess, int, Path]:
     """A `pushgw ppns` process with a broker (live pushes through its node queue) and no sweep."""
     port, metrics_port = free_port(), free_port()
-    section = (
-        f'host = "127.0.0.1"\nport = {port}\ncert_file = "{certificates.cert_file}"\n'
-        f'key_file = "{certificates.key_file}"\nmetrics_port = {metrics_port}\nnode_id = "{node_id}"\n'
-        f"poll_interval_s = {NO_SWEEP}\n"
-    )
+    section = live_section(certificates, port, metrics_port, node_id)
     queue = f'[queue]\nurl = "{RABBIT_URL}"\nprefix = "{rabbit.prefix}"\n'
     config = ppns_config(tmp_path, mongo_server.uri, db_name, section, name=node_id, queue=queue)
     node = processes.start("ppns", "--config", str(config))
@@ -186,11 +191,7 @@ def start_two_process_node(
 ) -> tuple[PushgwProcess, int, int, Path]:
     """`pushgw ppns` with `processes = 2`: children `pn-0` (metrics port M) and `pn-1` (M + 1)."""
     port, metrics_port = free_port(), until(free_port_pair, what="two adjacent free ports")
-    section = (
-        f'host = "127.0.0.1"\nport = {port}\ncert_file = "{certificates.cert_file}"\n'
-        f'key_file = "{certificates.key_file}"\nmetrics_port = {metrics_port}\nnode_id = "pn"\n'
-        f"poll_interval_s = {NO_SWEEP}\nprocesses = 2\n"
-    )
+    section = live_section(certificates, port, metrics_port, "pn") + "processes = 2\n"
     queue = (
         f'[queue]\nurl = "{RABBIT_URL}"\nprefix = "{rabbit.prefix}"\npublish_timeout_s = 3\n'
         "[worker]\nbatch_size = 50\ndelay_tiers_s = [1]\nmax_attempts = 2\nrequeue_delay_s = 0.1\n"

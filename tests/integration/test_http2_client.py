@@ -30,7 +30,7 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
 from tests.fixtures.ports import free_port, listening_socket
-from tests.fixtures.waiting import until
+from tests.fixtures.waiting import eventually, until
 from workers.providers.http2 import (
     ConnectFailed,
     ConnectionLost,
@@ -49,16 +49,6 @@ LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 def run(scenario: Callable[[], Coroutine[Any, Any, T]], loop: str = "asyncio") -> T:
     with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
         return runner.run(scenario())
-
-
-async def eventually(predicate: Callable[[], object], timeout_s: float = 5.0, what: str = "") -> None:
-    """Poll with a deadline: the async twin of tests.fixtures.waiting.until."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
-        await asyncio.sleep(0.005)
 
 
 # certificates and servers

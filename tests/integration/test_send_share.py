@@ -4,21 +4,14 @@ other workers send the batches, and a worker alone still gets every batch."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 
 from pushgw.broker import Broker, Consumer, Delivery, create_broker
 from pushgw.settings import QueueSettings
 from pushgw.topology import SEND
 from tests.fixtures.rabbit import RabbitAdmin
+from tests.fixtures.waiting import eventually
 from workers.send_share import SendShare
-
-
-async def _until_handled(handled: Counter[str], total: int) -> None:
-    deadline = time.monotonic() + 10
-    while sum(handled.values()) < total:
-        assert time.monotonic() < deadline, f"only {dict(handled)} of {total} handled"
-        await asyncio.sleep(0.01)
 
 
 def test_a_streaming_worker_leaves_the_sends_to_the_others_and_takes_them_when_alone(
@@ -46,7 +39,7 @@ def test_a_streaming_worker_leaves_the_sends_to_the_others_and_takes_them_when_a
             handled.clear()
             for n in range(count):
                 await brokers[0].publish(SEND, b"{}", message_id=f"m{n}")
-            await _until_handled(handled, count)
+            await eventually(lambda: sum(handled.values()) >= count, 10, f"{count} handled")
             seen.append(dict(handled))
 
         try:
