@@ -14,6 +14,7 @@ from pushgw.settings import Settings, TracingSettings
 from pushgw.tracing import configure_tracing, current_traceparent, push_span, shutdown_tracing
 from tests.fixtures.fleet import RunningWorker
 from tests.fixtures.gateway import RunningGateway, SettingsFactory
+from tests.fixtures.waiting import until
 from tests.integration.test_fleet import two_unit_push
 
 
@@ -44,7 +45,12 @@ def test_one_push_is_one_trace_from_intake_through_its_units(
 ) -> None:
     push_id = two_unit_push(make_settings, gateway_factory, worker_factory, mongo, db_name)
 
-    finished = [span for span in spans.get_finished_spans() if span.attributes["pushgw.push_id"] == push_id]
+    def all_ended() -> list[Any]:
+        # the push turns `succeeded` inside its last unit's span, so that span may end a moment later
+        ended = [span for span in spans.get_finished_spans() if span.attributes["pushgw.push_id"] == push_id]
+        return ended if sum(span.name == "pushgw.send_batch" for span in ended) == 2 else []
+
+    finished = until(all_ended, what="both units' spans to end")
     by_name: dict[str, list[Any]] = {}
     for span in finished:
         by_name.setdefault(span.name, []).append(span)
