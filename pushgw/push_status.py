@@ -257,6 +257,42 @@ class StatusStore:
         )
         return await self._update(finish)
 
+    async def finish_unclaimed(
+        self, push_id: str, key: str, owner: str, increments: dict[str, Any], devices: int
+    ) -> bool:
+        """Finish a still `pending` push, never claimed, whose only unit was sent in full: plan done, unit
+        counted and `succeeded`, in one write instead of a claim and a finish (workers/planner.py, "sent
+        before claimed"). False (nothing written) once anyone claimed, cancelled or finished it."""
+        prefix = f"{OWN}.plans.{key}"
+        finish = ConditionalUpdate(
+            push_id,
+            f"claim {key}",  # the slot of the claim it replaces: never in one write with another claim
+            lambda token, now: (
+                {"status": "pending", prefix: {"$exists": False}},
+                {
+                    "$set": {
+                        "status": "succeeded",
+                        f"{prefix}.owner": owner,
+                        f"{prefix}.claim": token,
+                        f"{prefix}.done": True,
+                        f"{OWN}.progress_at": now,
+                    },
+                    "$max": {f"{OWN}.plans_expected": 1},
+                    "$inc": {
+                        **increments,
+                        f"{OWN}.audience": devices,
+                        f"{OWN}.devices_done": devices,
+                        f"{OWN}.plans_done": 1,
+                    },
+                    "$unset": {"count": ""},
+                },
+            ),
+            lambda document, token: (
+                (document or {}).get("status") == "succeeded" and _plan(document, key).get("claim") == token
+            ),
+        )
+        return await self._update(finish)
+
     async def try_finalize(self, push_id: str) -> bool:
         """`succeeded` once every plan is done and every planned device is counted; one caller wins."""
         document = await self.progress(push_id)

@@ -33,7 +33,7 @@ from workers.badge import BadgeError, badge_rule
 from workers.lookups import EqualityLookups, pinned_value
 from workers.providers.provider import TOKEN_TRANSPORTS, transport_for
 from workers.send_share import SendShare
-from workers.sender import Sender
+from workers.sender import Sender, SentUnit
 
 log = get_logger(__name__)
 _CURSOR_BATCH = 2000
@@ -113,7 +113,9 @@ class Planner:
         self._lookups: dict[tuple[str, str, str], EqualityLookups] = {}
         self._schemas = SchemaCache(settings.schema_cache_s)
 
-    async def plan_push(self, item: PlanPush, app: AppSettings, database: AsyncDatabase[Document]) -> None:
+    async def plan_push(
+        self, item: PlanPush, app: AppSettings, database: AsyncDatabase[Document], redelivered: bool = True
+    ) -> None:
         store = self._stores.store(database, app.collection_prefix)
         key = plan_key(item)
         # The audience is translated (and a one-user audience read) while the plan is claimed: reads have
@@ -121,12 +123,21 @@ class Planner:
         reading = asyncio.create_task(self._read_audience(item, app, database))
         reading.add_done_callback(_retrieved)
         try:
+            if (
+                not redelivered
+                and self._settings.send_small_pushes_inline
+                and item.utc_offset_min is None
+                and not item.badge_applied
+                and not item.scheduled  # the intake's copy of a scheduled push: the scheduler starts it
+                and await self._send_unclaimed(
+                    _Plan(item, app, database, store, key, self._expiry_ms(item)), reading
+                )
+            ):
+                return
             state = await store.claim_plan(item.push_id, key, self._owner, self._settings.planner_lease_s)
             if state is None:
                 return  # terminal, planned already, or another worker holds the lease
-            metrics.QUEUE_LAG_SECONDS.labels("plan").observe(
-                max(0.0, (self._clock.now() - item.accepted_at).total_seconds())
-            )
+            self._observe_lag(item)
             plan = _Plan(item, app, database, store, key, state.get("expiry_ms") or self._expiry_ms(item))
             badge_rule(item.data)
             mongo_filter, rows = await asyncio.shield(reading)  # never cancelled, see below
@@ -153,15 +164,80 @@ class Planner:
         if devices is None:
             return  # lost the lease: the new owner continues
         if only_batch is not None and await self._send_only_batch(only_batch, app, database, store):
-            metrics.PUSHES_FINISHED.labels("succeeded").inc()
-            log.info("push_planned", push_id=item.push_id, plan=key, devices=devices, sent_inline=True)
-            log.info("push_succeeded", push_id=item.push_id)
+            self._finished(item.push_id, key, devices)
             return
-        await store.finish_plan(item.push_id, key, self._owner, devices)
-        if await store.try_finalize(item.push_id):  # every unit was counted before the plan finished
+        await self._finish_plan(plan, devices)
+
+    async def _send_unclaimed(
+        self, plan: _Plan, reading: asyncio.Task[tuple[dict[str, Any], list[Document] | None]]
+    ) -> bool:
+        """Sent before claimed: a push seen for the first time whose audience was read in one lookup and
+        fits in one batch is sent first, then claimed and finished in one write (`finish_unclaimed`) —
+        one `_PushStatus` update per transactional push instead of two. False: not such a push, nothing
+        sent (the caller claims and plans it as usual). True: handled.
+        """
+        _, rows = await asyncio.shield(reading)  # never cancelled, see plan_push
+        if rows is None:
+            return False
+        devices = [device for row in rows if (device := _device_of(row)) is not None]
+        if len(devices) > self._settings.batch_size:
+            return False
+        badge_rule(plan.item.data)
+        push_id = plan.item.push_id
+        if not devices and not await plan.store.finish_unclaimed(push_id, plan.key, self._owner, {}, 0):
+            return False  # nothing was sent: plan it the usual way
+        self._observe_lag(plan.item)
+        if devices:
+            await self._deliver_unclaimed(plan, devices)
+        else:
+            self._finished(push_id, plan.key, 0)
+        return True
+
+    async def _deliver_unclaimed(self, plan: _Plan, devices: list[Device]) -> None:
+        """Send, then finish unclaimed. If that write finds the push no longer `pending` and unclaimed (a
+        scheduled push the scheduler started, a cancel), the usual claim follows and records what was
+        sent; if the claim is lost too, the push was cancelled or finished, or another worker has it (a
+        duplicate of its queue message), and its devices may get it twice (docs/architecture.md)."""
+        push_id, store = plan.item.push_id, plan.store
+        batch = self._batch(plan, 0, devices)
+        sent: SentUnit | None = None
+        try:
+            sent = await self._sender.deliver_only_batch(batch, plan.app, plan.database)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            _inline_failed(batch, error)
+        if sent is not None and await self._sender.finish_unclaimed(sent, store, self._owner):
+            _count_planned(devices)
+            self._finished(push_id, plan.key, len(devices))
+            return
+        if await store.claim_plan(push_id, plan.key, self._owner, self._settings.planner_lease_s) is None:
+            return
+        _count_planned(devices)
+        if sent is None:  # queued like any other batch: the send queue's retries, then dead-lettering
+            await self._broker.publish(SEND, batch.to_bytes(), message_id=f"{push_id}:{batch.unit}")
+        elif await self._sender.record_only_batch(sent, store, self._owner):
+            self._finished(push_id, plan.key, len(devices))
+            return
+        await self._finish_plan(plan, len(devices))
+
+    def _finished(self, push_id: str, key: str, devices: int) -> None:
+        metrics.PUSHES_FINISHED.labels("succeeded").inc()
+        log.info("push_planned", push_id=push_id, plan=key, devices=devices, sent_inline=True)
+        log.info("push_succeeded", push_id=push_id)
+
+    def _observe_lag(self, item: PlanPush) -> None:
+        metrics.QUEUE_LAG_SECONDS.labels("plan").observe(
+            max(0.0, (self._clock.now() - item.accepted_at).total_seconds())
+        )
+
+    async def _finish_plan(self, plan: _Plan, devices: int) -> None:
+        push_id = plan.item.push_id
+        await plan.store.finish_plan(push_id, plan.key, self._owner, devices)
+        if await plan.store.try_finalize(push_id):  # every unit was counted before the plan finished
             metrics.PUSHES_FINISHED.labels("succeeded").inc()
-            log.info("push_succeeded", push_id=item.push_id)
-        log.info("push_planned", push_id=item.push_id, plan=key, devices=devices)
+            log.info("push_succeeded", push_id=push_id)
+        log.info("push_planned", push_id=push_id, plan=plan.key, devices=devices)
 
     async def _send_only_batch(
         self, batch: SendBatch, app: AppSettings, database: AsyncDatabase[Document], store: StatusStore
@@ -173,12 +249,7 @@ class Planner:
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            log.warning(
-                "inline_send_failed",
-                push_id=batch.push_id,
-                unit=batch.unit,
-                error=f"{type(error).__name__}: {error}",
-            )
+            _inline_failed(batch, error)
         await self._broker.publish(SEND, batch.to_bytes(), message_id=f"{batch.push_id}:{batch.unit}")
         return False
 
@@ -281,7 +352,7 @@ class Planner:
         """
         if rows is not None:
             for row in rows:
-                yield row["_id"], to_device(row) if is_reachable(row) else None
+                yield row["_id"], _device_of(row)
             return
         query = conjoin(mongo_filter, {"_id": {"$gt": after}}) if after else mongo_filter
         collection = database.get_collection(app.collection_prefix + "_Installation")
@@ -290,7 +361,7 @@ class Planner:
             cursor = cursor.hint("_id_")
         async for page in _read_ahead(cursor, _CURSOR_BATCH):
             for row in page:
-                yield row["_id"], to_device(row) if is_reachable(row) else None
+                yield row["_id"], _device_of(row)
 
     async def _publish(self, plan: _Plan, index: int, devices: list[Device]) -> None:
         batch = self._batch(plan, index, devices)
@@ -314,6 +385,16 @@ class Planner:
             badge_applied=item.badge_applied,
             traceparent=current_traceparent(),  # the unit's span is a child of this plan's
         )
+
+
+def _device_of(row: Document) -> Device | None:
+    return to_device(row) if is_reachable(row) else None
+
+
+def _inline_failed(batch: SendBatch, error: Exception) -> None:
+    log.warning(
+        "inline_send_failed", push_id=batch.push_id, unit=batch.unit, error=f"{type(error).__name__}: {error}"
+    )
 
 
 def _retrieved(task: asyncio.Task[Any]) -> None:

@@ -50,6 +50,19 @@ class _Run:
         self.unsaved.append(outcome.device.object_id)  # encoded only if progress is saved (a long send)
 
 
+@dataclass(slots=True)
+class SentUnit:
+    """A delivered unit not recorded yet: its `_PushStatus` increments and how many devices are terminal."""
+
+    run: _Run
+    increments: dict[str, Any]
+    counted: int
+
+    @property
+    def complete(self) -> bool:
+        return self.counted == len(self.run.item.devices)
+
+
 class Sender:
     """Drives one unit to a terminal outcome per device; safe to run twice on the same unit."""
 
@@ -99,17 +112,40 @@ class Sender:
     ) -> bool:
         """A push's only batch, sent by the planner that holds the push's plan lease (no status read: the
         claim just made it `running`). True when the push is finished in the same write as the unit."""
+        return await self.record_only_batch(await self.deliver_only_batch(item, app, database), store, owner)
+
+    async def deliver_only_batch(
+        self, item: SendBatch, app: AppSettings, database: AsyncDatabase[Document]
+    ) -> SentUnit:
+        """Send a push's only batch, recording nothing yet: the caller records it claimed or unclaimed."""
         started = time.perf_counter()
         run = _Run(item, database)
         removed = await self._send_unit(run, app)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         increments, counted = self._tally(run, removed)
-        if counted == len(item.devices) and await store.finish_only_unit(
-            item.push_id, _plan_key(item), owner, increments, counted
+        return SentUnit(run, increments, counted)
+
+    async def record_only_batch(self, sent: SentUnit, store: StatusStore, owner: str) -> bool:
+        """Record a delivered only batch under the plan lease `owner` holds; True when that finished the
+        push (one write), False when it was recorded as a unit and the plan still has to finish."""
+        item = sent.run.item
+        if sent.complete and await store.finish_only_unit(
+            item.push_id, _plan_key(item), owner, sent.increments, sent.counted
         ):
             metrics.BATCHES.labels("recorded").inc()
             return True
-        await self._record_tally(run, store, increments, counted)
+        await self._record_tally(sent.run, store, sent.increments, sent.counted)
+        return False
+
+    async def finish_unclaimed(self, sent: SentUnit, store: StatusStore, owner: str) -> bool:
+        """Record a delivered only batch of a push nobody claimed, and finish it, in one write; False when
+        a device is still deferred or the push is no longer `pending` and unclaimed (nothing written)."""
+        item = sent.run.item
+        if sent.complete and await store.finish_unclaimed(
+            item.push_id, _plan_key(item), owner, sent.increments, sent.counted
+        ):
+            metrics.BATCHES.labels("recorded").inc()
+            return True
         return False
 
     async def _send_unit(self, run: _Run, app: AppSettings) -> int:

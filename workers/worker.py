@@ -139,7 +139,7 @@ class Worker:
         database = app_database(self._connections.mongo, app)
         run: Callable[[], Awaitable[None]]
         if isinstance(item, PlanPush):
-            run = functools.partial(self.planner.plan_push, item, app, database)
+            run = functools.partial(self.planner.plan_push, item, app, database, delivery.redelivered)
         else:
             run = functools.partial(self.sender.send_batch, item, app, database, delivery.redelivered)
         await self._settle(delivery, item, run)

@@ -291,3 +291,29 @@ def test_a_one_batch_push_is_sent_by_its_planner_in_two_status_updates(
     gateway, _, _ = fleet(worker={**FLEET, "send_small_pushes_inline": False})
     assert len(status_writes(mongo, db_name, push)) > 3
     assert final_status(mongo, db_name, push_ids[1])["numSent"] == 2
+
+
+def test_a_one_user_push_is_sent_before_it_is_claimed_in_one_status_update(
+    fleet: Any, mongo: Any, db_name: str
+) -> None:
+    database = mongo[db_name]
+    seed_schema(database)
+    alice = user("alice")
+    database["_User"].insert_one(alice)
+    phone, tablet = installation("ios", user=alice["_id"]), installation("android", user=alice["_id"])
+    database["_Installation"].insert_many([phone, tablet, installation("ios")])
+    gateway, worker, _ = fleet()
+    pointer = {"user": {"__type": "Pointer", "className": "_User", "objectId": alice["_id"]}}
+    push_ids: list[str] = []
+
+    def push() -> str:
+        push_ids.append(send(gateway, {"where": pointer, "data": {"alert": "x", "badge": "Increment"}}))
+        return push_ids[-1]
+
+    # pending → succeeded in one write: no `running` claim before the send (one lookup, one batch).
+    assert status_writes(mongo, db_name, push) == ["insert", "update"]
+    row = final_status(mongo, db_name, push_ids[0])
+    assert (row["numSent"], row["sentPerType"]) == (2, {"ios": 1, "android": 1})
+    assert row["pushgw"]["audience"] == row["pushgw"]["devices_done"] == 2
+    assert sorted(worker.delivered(push_ids[0])) == sorted([phone["_id"], tablet["_id"]])
+    assert [worker.payloads(push_ids[0])[device["_id"]].get("badge") for device in (phone, tablet)] == [1, 1]

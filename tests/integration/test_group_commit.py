@@ -187,3 +187,51 @@ def test_units_of_one_push_recorded_at_once_share_one_update_and_a_recorded_one_
     assert second == [True, False, True]
     assert (row["numSent"], row["pushgw"]["devices_done"]) == (15, 15)
     assert sorted(row["pushgw"]["units"]) == [f"all-b{n}" for n in range(5)]
+
+
+def test_pushes_sent_before_claimed_finish_in_one_write_and_never_over_a_claim_or_a_cancel(
+    mongo_server: MongoServer, db_name: str
+) -> None:
+    """Four one-device pushes sent before being claimed finish at once: P, Q (pending) succeed in the same
+    single `update_many`, with their counts; R was claimed by another worker meanwhile and S cancelled, so
+    both are left as they are and their senders learn it (they then claim, or stop)."""
+
+    statements: list[int] = []
+
+    class Updates(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command_name == "update":
+                statements.append(len(event.command["updates"]))
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    async def scenario() -> tuple[list[bool], dict[str, Any]]:
+        client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_server.uri, event_listeners=[Updates()])
+        try:
+            collection = client[db_name]["_PushStatus"]
+            await collection.insert_many([{"_id": name, "status": "pending", "numSent": 0} for name in "PQR"])
+            await collection.insert_one({"_id": "S", "status": "failed", "numSent": 0})
+            assert await StatusStore(collection, SystemClock()).claim_plan("R", "all", "worker-0", 60) == {}
+            statements.clear()
+            store = StatusStores(SystemClock()).store(client[db_name], "")
+            finished = await asyncio.gather(
+                *(store.finish_unclaimed(name, "all", "worker-1", {"numSent": 1}, 1) for name in "PQRS")
+            )
+            return finished, {doc["_id"]: doc async for doc in collection.find()}
+        finally:
+            await client.close()
+
+    finished, rows = asyncio.run(scenario())
+    assert finished == [True, True, False, False]
+    assert statements == [1]  # one update_many for P, Q, R and S (then one read-back of who matched)
+    for name in "PQ":
+        assert (rows[name]["status"], rows[name]["numSent"]) == ("succeeded", 1)
+        assert rows[name]["pushgw"]["plans"]["all"]["done"] is True
+        assert rows[name]["pushgw"]["devices_done"] == rows[name]["pushgw"]["audience"] == 1
+    assert (rows["R"]["status"], rows["R"]["numSent"]) == ("running", 0)
+    assert rows["R"]["pushgw"]["plans"]["all"]["owner"] == "worker-0"
+    assert (rows["S"]["status"], rows["S"]["numSent"]) == ("failed", 0)

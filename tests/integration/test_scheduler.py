@@ -11,7 +11,7 @@ from pushgw.settings import Settings
 from tests.fixtures.clock import SettableClock
 from tests.fixtures.fleet import RunningWorker
 from tests.fixtures.gateway import RunningGateway, SettingsFactory, app_config
-from tests.fixtures.parse_data import installation
+from tests.fixtures.parse_data import installation, seed_schema, user
 from tests.fixtures.processes import ProcessFactory
 from tests.fixtures.waiting import until
 from tests.integration.test_fleet import FLEET, RECORD_ALL, final_status, send
@@ -68,6 +68,35 @@ def test_past_push_time_is_due_at_once(
     gateway, _ = gateway_factory(settings), worker_factory(settings)
     row = final_status(mongo, db_name, send(gateway, {"where": {}, "push_time": "2001-01-01T00:00:00Z"}))
     assert (row["status"], row["numSent"], row["pushTime"]) == ("succeeded", 1, "2001-01-01T00:00:00.000Z")
+
+
+def test_a_scheduled_one_user_push_started_by_the_scheduler_reaches_each_device_once(
+    make_settings: SettingsFactory,
+    gateway_factory: GatewayFactory,
+    worker_factory: WorkerFactory,
+    mongo: Any,
+    db_name: str,
+) -> None:
+    """The scheduler makes it `running` before the planner sees it: the planner sends it (one lookup, one
+    batch), finds it no longer pending, claims it and records what it sent, without sending it again."""
+    seed_schema(mongo[db_name])
+    alice = user("alice")
+    mongo[db_name]["_User"].insert_one(alice)
+    phone, tablet = installation("ios", user=alice["_id"]), installation("android", user=alice["_id"])
+    mongo[db_name]["_Installation"].insert_many([phone, tablet, installation("ios")])
+    settings = scheduled_settings(make_settings)
+    clock = SettableClock()
+    gateway, worker = gateway_factory(settings), worker_factory(settings, clock)
+    at = datetime.now(UTC) + timedelta(hours=1)
+    where = {"user": {"__type": "Pointer", "className": "_User", "objectId": alice["_id"]}}
+    push_id = send(
+        gateway,
+        {"where": where, "data": {"alert": "later"}, "push_time": at.isoformat().replace("+00:00", "Z")},
+    )
+    clock.set(at + timedelta(seconds=1))
+    row = final_status(mongo, db_name, push_id)
+    assert (row["status"], row["numSent"], row["sentPerType"]) == ("succeeded", 2, {"ios": 1, "android": 1})
+    assert sorted(worker.delivered(push_id)) == sorted([phone["_id"], tablet["_id"]])
 
 
 def test_local_time_push_reaches_each_zone_at_its_own_wall_clock(
