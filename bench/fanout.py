@@ -130,6 +130,7 @@ class Stack:
     users: set[int] = field(default_factory=set)
     installation_indexes: list[str] = field(default_factory=lambda: WorkerSettings().installation_indexes)
     send_inline: bool = True
+    intake_processes: int = 1
 
     @property
     def mongo_uri(self) -> str:
@@ -213,7 +214,7 @@ def write_config(stack: Stack, store: str) -> Path:
     path.write_text(
         f'[mongo]\nuri = "{stack.mongo_uri}"\n{timeout}\n'
         f'[queue]\nurl = "{RABBIT_URL}"\nprefix = "{stack.prefix}"\n\n'
-        f'[http]\nhost = "127.0.0.1"\nport = {stack.http_port}\n\n'
+        f'[http]\nhost = "127.0.0.1"\nport = {stack.http_port}\nprocesses = {stack.intake_processes}\n\n'
         "[worker]\nshutdown_timeout_s = 5\n"  # teardown must not wait 30 s for abandoned plans
         f"send_small_pushes_inline = {json.dumps(stack.send_inline)}\n"
         f"installation_indexes = {json.dumps(stack.installation_indexes)}\n\n"
@@ -935,12 +936,13 @@ async def transactional_run(stack: Stack, args: argparse.Namespace, rate: float 
         f"(indexed read without hint/$or: {cost['indexed_read_median_ms']} ms)"
     )
     pace = f"paced at {rate:g}/s" if rate else "as fast as the intake accepts them"
-    say(f"sending {len(indices):,} single-user pushes, {args.tx_concurrency} clients, {pace}")
+    clients = args.tx_paced_concurrency if rate else args.tx_concurrency
+    say(f"sending {len(indices):,} single-user pushes, {clients} clients, {pace}")
     baseline = await final_count(stack)
     profiles = start_profilers(stack, args.profile, "transactional")
     meter, marks = CpuMeter(stack.pids()), log_marks(stack.worker_logs)
     ops_before, db_cpu_before = await opcounters(stack), cpu_seconds(stack.pids()["secantus"])
-    load = await send_transactional(stack.http_port, indices, args.tx_concurrency, args.tx_deadline, rate)
+    load = await send_transactional(stack.http_port, indices, clients, args.tx_deadline, rate)
     say(
         f"  {len(load.accepted):,} accepted in {load.elapsed_s:.1f} s ({load.unsent:,} not sent: window over)"
     )
@@ -955,7 +957,7 @@ async def transactional_run(stack: Stack, args: argparse.Namespace, rate: float 
         say(f"!!! {len(ids) - final:,} pushes not final after {args.tx_deadline:.0f} s")
     return await tx_result(stack, load, ids, final) | {
         "population": stack.seeded, "seeding": seeding, "single_user_query": cost, "unsent": load.unsent,
-        "concurrency": args.tx_concurrency, "offered_rate": rate, "cpu_percent_of_one_core": cpu, "db_work": db_work,
+        "concurrency": clients, "offered_rate": rate, "cpu_percent_of_one_core": cpu, "db_work": db_work,
         "worker_log": log_events(stack.worker_logs, marks),
     } | ({"profile": profile} if profile else {})  # fmt: skip
 
@@ -1213,7 +1215,7 @@ def config_summary(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "sizes": args.sizes, "transactional": args.transactional, "tx_concurrency": args.tx_concurrency,
         "queue_prefix": stack.prefix, "installation_indexes": stack.installation_indexes,
-        "send_small_pushes_inline": stack.send_inline,
+        "send_small_pushes_inline": stack.send_inline, "intake_processes": stack.intake_processes,
         "mongo_timeout_ms": stack.mongo_timeout_ms or "pushgw default (5000)",
         "profile": str(args.profile) if args.profile else None,
         "machine_busy_before_start_percent": args.busy_before_start,
@@ -1247,6 +1249,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="single-user pushes (default 1000, 0: skip)",
     )
     add("--tx-concurrency", type=int, default=16, help="HTTP clients of the transactional run (default 16)")
+    add(
+        "--tx-paced-concurrency",
+        type=int,
+        default=64,
+        help="HTTP clients of the paced run (default 64: an open-loop load at --tx-rate needs rate × the "
+        "intake's latency of them in flight, and 16 clients at ~40 ms offer only ~400/s)",
+    )
+    add(
+        "--intake-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="pushgw serve's http.processes (default 1; one intake process accepts ~450-950 pushes/s here)",
+    )
     add(
         "--tx-rate",
         type=float,
@@ -1336,6 +1352,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_user_index:
         stack.installation_indexes = []
     stack.send_inline = not args.queued_small_pushes
+    stack.intake_processes = args.intake_processes
     results: dict[str, Any] = {"config": config_summary(stack, args), "fanout": []}
     stopped = run_all(stack, args, results)
     if stopped is not None and not results["fanout"] and "transactional" not in results:
