@@ -18,6 +18,23 @@ from workers.lookups import EqualityLookups
 ALICE, BOB, CAROL = "_User$alice0001", "_User$bob0000001", "_User$carol00001"
 
 
+class UpdateStatements(monitoring.CommandListener):
+    """Per `update` command sent: how many update statements it held."""
+
+    def __init__(self) -> None:
+        self.statements: list[int] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "update":
+            self.statements.append(len(event.command["updates"]))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
 def test_one_user_audiences_read_together_each_get_their_own_rows(
     mongo_server: MongoServer, db_name: str
 ) -> None:
@@ -146,21 +163,11 @@ def test_units_of_one_push_recorded_at_once_share_one_update_and_a_recorded_one_
     the push document once). Then b3, b4 and a redelivered b1 record at once: b1's condition fails the
     combined update, so each is retried alone; b3 and b4 count, b1 does not count twice."""
 
-    statements: list[int] = []  # per `update` command sent: how many update statements it held
-
-    class Updates(monitoring.CommandListener):
-        def started(self, event: monitoring.CommandStartedEvent) -> None:
-            if event.command_name == "update":
-                statements.append(len(event.command["updates"]))
-
-        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-            pass
-
-        def failed(self, event: monitoring.CommandFailedEvent) -> None:
-            pass
+    updates = UpdateStatements()
+    statements = updates.statements
 
     async def scenario() -> tuple[list[int], list[bool], list[bool], dict[str, Any]]:
-        client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_server.uri, event_listeners=[Updates()])
+        client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_server.uri, event_listeners=[updates])
         try:
             collection = client[db_name]["_PushStatus"]
             own = {"plans_done": 1, "plans_expected": 1, "audience": 15, "devices_done": 0}
@@ -196,21 +203,11 @@ def test_pushes_sent_before_claimed_finish_in_one_write_and_never_over_a_claim_o
     single `update_many`, with their counts; R was claimed by another worker meanwhile and S cancelled, so
     both are left as they are and their senders learn it (they then claim, or stop)."""
 
-    statements: list[int] = []
-
-    class Updates(monitoring.CommandListener):
-        def started(self, event: monitoring.CommandStartedEvent) -> None:
-            if event.command_name == "update":
-                statements.append(len(event.command["updates"]))
-
-        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-            pass
-
-        def failed(self, event: monitoring.CommandFailedEvent) -> None:
-            pass
+    updates = UpdateStatements()
+    statements = updates.statements
 
     async def scenario() -> tuple[list[bool], dict[str, Any]]:
-        client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_server.uri, event_listeners=[Updates()])
+        client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_server.uri, event_listeners=[updates])
         try:
             collection = client[db_name]["_PushStatus"]
             await collection.insert_many([{"_id": name, "status": "pending", "numSent": 0} for name in "PQR"])
