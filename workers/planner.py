@@ -116,6 +116,8 @@ class Planner:
     async def plan_push(
         self, item: PlanPush, app: AppSettings, database: AsyncDatabase[Document], redelivered: bool = True
     ) -> None:
+        if item.scheduled:
+            return  # the intake's copy of a scheduled push: the scheduler starts it from its _PushStatus
         store = self._stores.store(database, app.collection_prefix)
         key = plan_key(item)
         # The audience is translated (and a one-user audience read) while the plan is claimed: reads have
@@ -128,7 +130,6 @@ class Planner:
                 and self._settings.send_small_pushes_inline
                 and item.utc_offset_min is None
                 and not item.badge_applied
-                and not item.scheduled  # the intake's copy of a scheduled push: the scheduler starts it
                 and await self._send_unclaimed(
                     _Plan(item, app, database, store, key, self._expiry_ms(item)), reading
                 )
