@@ -171,7 +171,7 @@ class NodeLink:
         channel = self._channel
         if channel is None or channel.is_closed:
             return False
-        return await _publish(channel, queue_name, body)
+        return await _publish(channel.default_exchange, queue_name, body)
 
     async def close(self) -> None:
         await self._link.close()
@@ -249,10 +249,9 @@ async def _declare_entries(channel: AbstractChannel, prefix: str) -> AbstractExc
     return await channel.declare_exchange(entries_exchange(prefix), aio_pika.ExchangeType.FANOUT)
 
 
-async def _publish(target: AbstractChannel | AbstractExchange, routing_key: str, body: bytes) -> bool:
-    """To `target`'s routing key (a channel: its default exchange, i.e. one queue)."""
+async def _publish(exchange: AbstractExchange, routing_key: str, body: bytes) -> bool:
+    """Fire and forget; False (logged, counted) if the broker did not take it."""
     message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT)
-    exchange = target.default_exchange if isinstance(target, AbstractChannel) else target
     try:
         await exchange.publish(message, routing_key=routing_key, timeout=5)
     except (*_CONNECT_ERRORS, aio_pika.exceptions.ChannelInvalidStateError) as error:

@@ -73,10 +73,14 @@ class WrittenTimes:
         if push.seq is not None:
             self._entries.setdefault(app_id, {}).setdefault(push.time, []).append(installation_id)
             return
+        self._note_legacy(app_id, installation_id, push.time)
+
+    def _note_legacy(self, app_id: str, installation_id: str, time: str) -> None:
+        """A push an earlier version kept in the presence document: only the newest `time` matters."""
         written = self._legacy.setdefault(app_id, {})
         known = written.get(installation_id)
-        if known is None or push.time > known:
-            written[installation_id] = push.time
+        if known is None or time > known:
+            written[installation_id] = time
 
     def flush_soon(self) -> None:
         """Flush now rather than at the end of the interval (a connection closed: the device may
@@ -107,7 +111,7 @@ class WrittenTimes:
                 for time, installations in marks.items():  # keep them for the next round
                     self._entries.setdefault(app_id, {}).setdefault(time, []).extend(installations)
                 for installation_id, time in kept.items():
-                    self.note(app_id, installation_id, StoredPush(time, "", {}))
+                    self._note_legacy(app_id, installation_id, time)
 
 
 class Admittable(Protocol):

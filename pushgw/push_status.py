@@ -236,16 +236,7 @@ class StatusStore:
                     f"{OWN}.plans_done": 0,
                     f"{OWN}.devices_done": 0,
                 },
-                {
-                    "$set": {"status": "succeeded", f"{prefix}.done": True, f"{OWN}.progress_at": now},
-                    "$inc": {
-                        **increments,
-                        f"{OWN}.audience": devices,
-                        f"{OWN}.devices_done": devices,
-                        f"{OWN}.plans_done": 1,
-                    },
-                    "$unset": {"count": ""},
-                },
+                _only_unit_finished(prefix, increments, devices, now),
             ),
             # Only the plan's owner ever marks it done, and it has not done so any other way yet.
             lambda document, _: bool(
@@ -269,23 +260,10 @@ class StatusStore:
             f"claim {key}",  # the slot of the claim it replaces: never in one write with another claim
             lambda token, now: (
                 {"status": "pending", prefix: {"$exists": False}},
-                {
-                    "$set": {
-                        "status": "succeeded",
-                        f"{prefix}.owner": owner,
-                        f"{prefix}.claim": token,
-                        f"{prefix}.done": True,
-                        f"{OWN}.progress_at": now,
-                    },
-                    "$max": {f"{OWN}.plans_expected": 1},
-                    "$inc": {
-                        **increments,
-                        f"{OWN}.audience": devices,
-                        f"{OWN}.devices_done": devices,
-                        f"{OWN}.plans_done": 1,
-                    },
-                    "$unset": {"count": ""},
-                },
+                _only_unit_finished(
+                    prefix, increments, devices, now, {f"{prefix}.owner": owner, f"{prefix}.claim": token}
+                )
+                | {"$max": {f"{OWN}.plans_expected": 1}},
             ),
             lambda document, token: (
                 (document or {}).get("status") == "succeeded" and _plan(document, key).get("claim") == token
@@ -320,6 +298,22 @@ class StatusStore:
 
     async def fail(self, push_id: str, code: int, message: str) -> bool:
         return await fail_push(self.collection, push_id, code, message)
+
+
+def _only_unit_finished(
+    prefix: str, increments: dict[str, Any], devices: int, now: datetime, claim: Document | None = None
+) -> Document:
+    """The update that finishes a push of one plan and one unit: plan done, unit counted, `succeeded`."""
+    return {
+        "$set": {"status": "succeeded", f"{prefix}.done": True, f"{OWN}.progress_at": now, **(claim or {})},
+        "$inc": {
+            **increments,
+            f"{OWN}.audience": devices,
+            f"{OWN}.devices_done": devices,
+            f"{OWN}.plans_done": 1,
+        },
+        "$unset": {"count": ""},
+    }
 
 
 def _plan(document: Document | None, key: str) -> Document:

@@ -8,9 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pymongo import AsyncMongoClient
-from pymongo.errors import PyMongoError
 
-from ppns.backlog import Backlog, BacklogContentionError, Entry, Stored, StoreRequest, open_backlogs
+from ppns.backlog import Entry, Stored, StoreRequest, open_backlogs
 from ppns.live import LivePublisher, encode_entries
 from ppns.protocol import ppns_push_id, push_line_bytes
 from pushgw import metrics
@@ -57,7 +56,9 @@ class PpnsProvider:
                 continue
             requests[index] = StoreRequest(device.installation_id, push_id, notification.data, push.expiry_ms)
         entries: dict[int, Entry] = {}
-        for index, result in zip(requests, await self._store(backlog, list(requests.values())), strict=True):
+        # One store for the batch (an installation addressed twice, by several rows, is in the entry once).
+        stored = await backlog.store_many(list(requests.values()))
+        for index, result in zip(requests, stored, strict=True):
             device = notifications[index].device
             if isinstance(result, Stored):
                 metrics.PPNS_PUSHES.labels("stored").inc()
@@ -67,14 +68,6 @@ class PpnsProvider:
                 outcomes[index] = Deferred(device, BACKLOG_UNAVAILABLE)
         await self._publish(push.app_id, [entries[seq] for seq in sorted(entries)])
         return [outcome for outcome in outcomes if outcome is not None]
-
-    async def _store(self, backlog: Backlog, requests: list[StoreRequest]) -> list[Stored | Exception]:
-        """One store for the batch (an installation addressed twice, by several `_Installation` rows, is in
-        the entry once)."""
-        try:
-            return await backlog.store_many(requests)
-        except (PyMongoError, BacklogContentionError) as error:
-            return [error] * len(requests)
 
     async def _publish(self, app_id: str, entries: list[Entry]) -> None:
         """The entries to every node, in one message; never fails the delivery."""
