@@ -78,14 +78,8 @@ from pushgw.push_status import TERMINAL, fail_push
 from pushgw.settings import WorkerSettings
 from pushgw.topology import PLAN, SEND, Topology
 from workers.audience import translate_where
-from workers.planner import (
-    _PROJECTION,
-    MongoSubqueries,
-    SchemaCache,
-    pins_indexed_field,
-    server_filter,
-    to_device,
-)
+from workers.devices import PROJECTION, split_rows, to_device
+from workers.planner import MongoSubqueries, SchemaCache, pins_indexed_field, server_filter
 
 REPO = Path(__file__).resolve().parent.parent
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -488,17 +482,18 @@ async def planner_filter(db: AsyncDatabase[Document], push: dict[str, Any]) -> d
 async def drain(
     db: AsyncDatabase[Document], mongo_filter: dict[str, Any], indexes: list[str]
 ) -> dict[str, Any]:
-    """The planner's cursor fully drained by SecantusDB alone: projection, batch size, sort `_id`, and
-    `hint("_id_")` unless the filter pins one of pushgw's installation indexes (workers/planner.py `_stream`)."""
+    """The planner's cursor fully drained by SecantusDB alone: raw batches, projection, batch size, sort
+    `_id`, and `hint("_id_")` unless the filter pins one of pushgw's installation indexes (workers/planner.py
+    `_pages`); rows are counted, never decoded, as the planner does."""
     collection = db.get_collection(INSTALLATIONS)
     hinted = not pins_indexed_field(mongo_filter, indexes)
     started = time.perf_counter()
-    cursor = collection.find(mongo_filter, _PROJECTION, batch_size=CURSOR_BATCH).sort("_id", 1)
+    cursor = collection.find_raw_batches(mongo_filter, PROJECTION, batch_size=CURSOR_BATCH).sort("_id", 1)
     if hinted:
         cursor = cursor.hint("_id_")
     first_s, count = None, 0
-    async for _ in cursor:
-        count += 1
+    async for reply in cursor:
+        count += len(split_rows(reply))
         first_s = first_s or time.perf_counter() - started
     seconds = time.perf_counter() - started
     return {
@@ -917,7 +912,7 @@ async def single_user_cost(stack: Stack, indices: list[int]) -> dict[str, Any]:
 async def indexed_user_read(db: AsyncDatabase[Document], index: int) -> float:
     started = time.perf_counter()
     query = {"_p_user": f"_User${user_key(index)}"}
-    cursor = db.get_collection(INSTALLATIONS).find(query, _PROJECTION).sort("_id", 1)
+    cursor = db.get_collection(INSTALLATIONS).find(query, PROJECTION).sort("_id", 1)
     if len(await cursor.to_list()) != 1:
         raise BenchError(f"user {user_key(index)} does not have exactly one installation")
     return time.perf_counter() - started

@@ -24,7 +24,10 @@ class WorkItem(BaseModel):
 
     def to_bytes(self) -> bytes:
         # Without tracing the item is byte-for-byte what workers of the previous release read.
-        return self.model_dump_json(exclude={"traceparent"} if self.traceparent is None else None).encode()
+        return self.model_dump_json(exclude=self._absent()).encode()
+
+    def _absent(self) -> set[str] | None:
+        return {"traceparent"} if self.traceparent is None else None
 
 
 class PlanPush(WorkItem):
@@ -79,20 +82,34 @@ class Device:
 
 
 class SendBatch(WorkItem):
-    """A slice of one push's audience: `unit` names it for idempotent accounting (`b<index>`, `b<i>r<n>`)."""
+    """A slice of one push's audience: `unit` names it for idempotent accounting (`b<index>`, `b<i>r<n>`).
+
+    The audience is `devices`, or `rows`: the installations as the database sent them (BSON documents back
+    to back, base64 in the JSON), which the sender decodes itself (workers/devices.py). A planner sends
+    `rows` for a fan-out's batches and `devices` for everything else (retries, an only batch); a unit's
+    `first_id`..`last_id` names its `_id` range either way. `rows` is left out of the JSON when absent, so
+    such an item is byte-for-byte what workers of the previous release read.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
 
     kind: Literal["send_batch"] = "send_batch"
     unit: str
     attempt: int = 1
     first_id: str
     last_id: str
-    devices: list[Device]
+    devices: list[Device] = []
+    rows: bytes | None = None
     data: Any = None
     options: dict[str, Any] = {}
     expiry_ms: float | None = None
     utc_offset_min: int | None = None
     accepted_at: datetime | None = None
     badge_applied: bool = False
+
+    def _absent(self) -> set[str] | None:
+        absent = {name for name in ("traceparent", "rows") if getattr(self, name) is None}
+        return absent or None
 
 
 AnyWorkItem = Annotated[PlanPush | SendBatch, Field(discriminator="kind")]

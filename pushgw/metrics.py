@@ -21,7 +21,10 @@ ORPHANS_FAILED = Counter(
 )
 
 PLANNED_DEVICES = Counter(
-    "pushgw_planned_devices_total", "Installations cut into send batches, by transport.", ["transport"]
+    "pushgw_planned_devices_total",
+    "Devices pushes reach, by transport: counted when a fan-out unit is first decoded by its sender, or when"
+    " a planner resolves a one-batch audience.",
+    ["transport"],
 )
 SKIPPED_DEVICES = Counter(
     "pushgw_skipped_devices_total",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from datetime import timedelta
@@ -20,6 +21,7 @@ from pushgw.mongo import Document
 from pushgw.push_status import COLLECTION, StatusStore
 from pushgw.settings import Settings
 from pushgw.topology import PLAN, SEND
+from workers.devices import resolve_rows, split_rows
 from workers.outcomes import Failed, Reason, Tally, utc_offset_key
 
 log = get_logger(__name__)
@@ -94,12 +96,12 @@ async def finalize(entry: Document, store: StatusStore) -> None:
     if isinstance(item, PlanPush):
         await store.fail(item.push_id, 1, "planning was dead-lettered after repeated failures")
         return
+    item, skipped = resolve_rows(item)
     tally = Tally()
     for device in item.devices:
         tally.add(Failed(device, Reason.DEAD_LETTERED))
-    if await store.record_unit(
-        item.push_id, item.unit, tally.increments(utc_offset_key(item.utc_offset_min)), len(item.devices)
-    ):
+    increments = tally.increments(utc_offset_key(item.utc_offset_min))
+    if await store.record_unit(item.push_id, item.unit, increments, len(item.devices) + skipped):
         await store.try_finalize(item.push_id)
 
 
@@ -118,8 +120,11 @@ async def replay(broker: Broker, database: AsyncDatabase[Document], entry_id: st
 
 def describe(entry: Document) -> dict[str, Any]:
     body = json.loads(entry["body"])
+    devices = len(body.get("devices", []))
+    if isinstance(body.get("rows"), str):  # a fan-out's unit: its rows, base64 (pushgw/messages.py)
+        devices += len(split_rows(base64.urlsafe_b64decode(body["rows"])))
     return {
         "id": entry["_id"], "app_id": entry["app_id"], "push_id": entry["push_id"], "kind": entry["kind"],
-        "devices": len(body.get("devices", [])), "dead_at": entry["dead_at"].isoformat(),
+        "devices": devices, "dead_at": entry["dead_at"].isoformat(),
         "finalized": entry["finalized"],
     }  # fmt: skip

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
+from typing import Any, cast
 
+import bson
 import pymongo
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.asynchronous.cursor import AsyncCursor
+from pymongo.asynchronous.cursor import AsyncRawBatchCursor
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
@@ -30,19 +31,13 @@ from pushgw.topology import SEND
 from pushgw.tracing import current_traceparent
 from workers.audience import ClassSchema, QueryError, conjoin, translate_where
 from workers.badge import BadgeError, badge_rule
+from workers.devices import PROJECTION, count_planned, decode_rows, devices_of, row_id, split_rows
 from workers.lookups import EqualityLookups, pinned_value
-from workers.providers.provider import TOKEN_TRANSPORTS, transport_for
 from workers.send_share import SendShare
 from workers.sender import Sender, SentUnit
 
 log = get_logger(__name__)
 _CURSOR_BATCH = 2000
-
-
-_PROJECTION = {
-    "deviceType": 1, "pushType": 1, "deviceToken": 1, "installationId": 1, "badge": 1,
-    "localeIdentifier": 1, "appIdentifier": 1, "timeZone": 1, "_updated_at": 1,
-}  # fmt: skip
 
 
 def plan_key(item: PlanPush) -> str:
@@ -180,7 +175,7 @@ class Planner:
         _, rows = await asyncio.shield(reading)  # never cancelled, see plan_push
         if rows is None:
             return False
-        devices = [device for row in rows if (device := _device_of(row)) is not None]
+        devices = devices_of(rows)
         if len(devices) > self._settings.batch_size:
             return False
         badge_rule(plan.item.data)
@@ -209,12 +204,12 @@ class Planner:
         except Exception as error:
             _inline_failed(batch, error)
         if sent is not None and await self._sender.finish_unclaimed(sent, store, self._owner):
-            _count_planned(devices)
+            count_planned(devices)
             self._finished(push_id, plan.key, len(devices))
             return
         if await store.claim_plan(push_id, plan.key, self._owner, self._settings.planner_lease_s) is None:
             return
-        _count_planned(devices)
+        count_planned(devices)
         if sent is None:  # queued like any other batch: the send queue's retries, then dead-lettering
             await self._broker.publish(SEND, batch.to_bytes(), message_id=f"{push_id}:{batch.unit}")
         elif await self._sender.record_only_batch(sent, store, self._owner):
@@ -278,7 +273,7 @@ class Planner:
         collection = database.get_collection(app.collection_prefix + "_Installation")
         name = (database.name, collection.name, field)
         if name not in self._lookups:
-            self._lookups[name] = EqualityLookups(collection, field, _PROJECTION)
+            self._lookups[name] = EqualityLookups(collection, field, PROJECTION)
         return mongo_filter, await self._lookups[name].rows(value)
 
     async def _publish_batches(
@@ -291,93 +286,107 @@ class Planner:
         """Publish every batch after the resume point, `plan_publish_window` confirms in flight; the
         checkpoint (every `plan_checkpoint_s`) only ever names batches whose publish was confirmed.
 
+        Batches carry the audience rows as the database sent them (`SendBatch.rows`): the planner never
+        decodes a fan-out, it cuts the stream every `batch_size` rows and reads only each batch's first and
+        last `_id`; the count it plans is rows, and each sender counts the rows it skips (no token) done.
         An audience that fits in one batch of a fresh plan (a transactional push) is not published: it
-        is returned, for the planner to send itself (no queue round trip, one status write instead of six).
+        is returned as devices, for the planner to send itself (no queue round trip, one status write).
         """
+        size = self._settings.batch_size
         index: int = state.get("next_index", 0)
         first_index = index
-        devices_total: int = state.get("devices", 0)
+        planned: int = state.get("devices", 0)  # rows; the key predates rows (a checkpoint still resumes)
         last_id: str | None = state.get("last_id")
-        batch: list[Device] = []
+        batch: list[bytes] = []
         checkpointed_at = time.monotonic()
         async with (
             contextlib.AsyncExitStack() as stepped_back,
             _PublishWindow(self._settings.plan_publish_window) as window,
         ):
-            async for row_id, device in self._stream(plan.database, plan.app, mongo_filter, last_id, rows):
-                last_id = row_id
-                if device is not None:
-                    batch.append(device)
-                if len(batch) < self._settings.batch_size:
-                    continue
-                if self._sends is not None and index == first_index:
-                    # A fan-out: the other workers send it while this one streams (workers/send_share.py).
-                    await stepped_back.enter_async_context(self._sends.streaming())
-                await window.add(self._publish(plan, index, batch))
-                index, devices_total, batch = index + 1, devices_total + len(batch), []
-                if time.monotonic() - checkpointed_at < self._settings.plan_checkpoint_s:
-                    continue
-                await window.drain()
-                cursor = {"last_id": last_id, "next_index": index, "devices": devices_total}
-                if not await plan.store.checkpoint_plan(
-                    plan.item.push_id,
-                    plan.key,
-                    self._owner,
-                    cursor | {"expiry_ms": plan.expiry_ms},
-                    self._settings.planner_lease_s,
-                ):
-                    return None, None
-                checkpointed_at = time.monotonic()
+            async for page in self._pages(plan.database, plan.app, mongo_filter, last_id, rows):
+                batch.extend(page)
+                while len(batch) > size:  # `>`: a last batch of up to `size` rows may be the only one
+                    if self._sends is not None and index == first_index:
+                        # A fan-out: the other workers send it while this one streams (workers/send_share.py).
+                        await stepped_back.enter_async_context(self._sends.streaming())
+                    cut, batch = batch[:size], batch[size:]
+                    last_id = row_id(cut[-1])
+                    await window.add(self._publish_rows(plan, index, cut, last_id))
+                    index, planned = index + 1, planned + len(cut)
+                    if time.monotonic() - checkpointed_at < self._settings.plan_checkpoint_s:
+                        continue
+                    await window.drain()
+                    cursor = {"last_id": last_id, "next_index": index, "devices": planned}
+                    if not await plan.store.checkpoint_plan(
+                        plan.item.push_id,
+                        plan.key,
+                        self._owner,
+                        cursor | {"expiry_ms": plan.expiry_ms},
+                        self._settings.planner_lease_s,
+                    ):
+                        return None, None
+                    checkpointed_at = time.monotonic()
             if batch and index == 0 and self._settings.send_small_pushes_inline:
-                _count_planned(batch)
-                return len(batch), self._batch(plan, index, batch)
+                devices = devices_of(decode_rows(b"".join(batch)))
+                count_planned(devices)
+                return len(devices), (self._batch(plan, index, devices) if devices else None)
             if batch:
-                await window.add(self._publish(plan, index, batch))
-                devices_total += len(batch)
+                await window.add(self._publish_rows(plan, index, batch, row_id(batch[-1])))
+                planned += len(batch)
             await window.drain()
-        return devices_total, None
+        return planned, None
 
-    async def _stream(
+    async def _pages(
         self,
         database: AsyncDatabase[Document],
         app: AppSettings,
         mongo_filter: dict[str, Any],
         after: str | None,
         rows: list[Document] | None,
-    ) -> AsyncIterator[tuple[str, Device | None]]:
-        """One cursor sorted on `_id` (see docs/architecture.md: never skip, never page), or the rows
-        already read for a one-user audience.
+    ) -> AsyncIterator[list[bytes]]:
+        """The audience as raw BSON rows, a cursor batch at a time: one cursor sorted on `_id` (see
+        docs/architecture.md: never skip, never page), or the rows already read for a one-user audience.
 
         A broad audience is read along the `_id` index (hinted: an unhinted sort scans and sorts in
         memory); a narrow one that pins an indexed field (`user`, `installationId`) uses that index.
         """
         if rows is not None:
-            for row in rows:
-                yield row["_id"], _device_of(row)
+            yield [bson.encode(row) for row in rows]
             return
         query = conjoin(mongo_filter, {"_id": {"$gt": after}}) if after else mongo_filter
         collection = database.get_collection(app.collection_prefix + "_Installation")
-        cursor = collection.find(query, _PROJECTION, batch_size=_CURSOR_BATCH).sort("_id", 1)
+        cursor = collection.find_raw_batches(query, PROJECTION, batch_size=_CURSOR_BATCH).sort("_id", 1)
         if not pins_indexed_field(mongo_filter, self._settings.installation_indexes):
             cursor = cursor.hint("_id_")
-        async for page in _read_ahead(cursor, _CURSOR_BATCH):
-            for row in page:
-                yield row["_id"], _device_of(row)
+        async for reply in _read_ahead(cursor):
+            yield split_rows(reply)
 
-    async def _publish(self, plan: _Plan, index: int, devices: list[Device]) -> None:
-        batch = self._batch(plan, index, devices)
+    async def _publish_rows(self, plan: _Plan, index: int, rows: list[bytes], last_id: str) -> None:
+        batch = self._unit(plan, index, row_id(rows[0]), last_id, rows=b"".join(rows))
         await self._broker.publish(SEND, batch.to_bytes(), message_id=f"{batch.push_id}:{batch.unit}")
-        _count_planned(devices)
 
     def _batch(self, plan: _Plan, index: int, devices: list[Device]) -> SendBatch:
+        return self._unit(plan, index, devices[0].object_id, devices[-1].object_id, devices=devices)
+
+    def _unit(
+        self,
+        plan: _Plan,
+        index: int,
+        first_id: str,
+        last_id: str,
+        *,
+        devices: list[Device] | None = None,
+        rows: bytes | None = None,
+    ) -> SendBatch:
         item = plan.item
         return SendBatch(
             app_id=item.app_id,
             push_id=item.push_id,
             unit=f"{plan.key}-b{index}",
-            first_id=devices[0].object_id,
-            last_id=devices[-1].object_id,
-            devices=devices,
+            first_id=first_id,
+            last_id=last_id,
+            devices=devices or [],
+            rows=rows,
             data=item.data,
             options=item.options,
             expiry_ms=plan.expiry_ms,
@@ -386,10 +395,6 @@ class Planner:
             badge_applied=item.badge_applied,
             traceparent=current_traceparent(),  # the unit's span is a child of this plan's
         )
-
-
-def _device_of(row: Document) -> Device | None:
-    return to_device(row) if is_reachable(row) else None
 
 
 def _inline_failed(batch: SendBatch, error: Exception) -> None:
@@ -410,19 +415,15 @@ async def _fail(store: StatusStore, push_id: str, code: int, message: str) -> No
         metrics.PUSHES_FINISHED.labels("failed").inc()
 
 
-def _count_planned(devices: list[Device]) -> None:
-    for transport, count in Counter(device.transport for device in devices).items():
-        metrics.PLANNED_DEVICES.labels(transport).inc(count)
-
-
-async def _read_ahead(cursor: AsyncCursor[Document], size: int) -> AsyncIterator[list[Document]]:
-    """The cursor's rows in lists of `size`, the next getMore already on its way while the caller works
-    on the current list: database and planner overlap instead of taking turns."""
-    pending = asyncio.ensure_future(cursor.to_list(size))
+async def _read_ahead(cursor: AsyncRawBatchCursor[Document]) -> AsyncIterator[bytes]:
+    """The cursor's replies (each its rows as BSON, back to back), the next getMore already on its way
+    while the caller works on the current one: database and planner overlap instead of taking turns."""
+    pending = asyncio.ensure_future(cursor.to_list(1))  # a raw cursor's "document" is one whole reply
     try:
-        while rows := await pending:
-            pending = asyncio.ensure_future(cursor.to_list(size))
-            yield rows
+        while replies := await pending:
+            pending = asyncio.ensure_future(cursor.to_list(1))
+            for reply in replies:
+                yield cast(bytes, reply)
     finally:
         if not pending.done():
             pending.cancel()
@@ -438,11 +439,6 @@ def server_filter(translated: dict[str, Any], time_zones: list[str] | None = Non
     single-user push took 4 s instead of 6 ms), and the rule only drops rows Parse would skip anyway.
     """
     return conjoin(translated, {"timeZone": {"$in": time_zones}}) if time_zones is not None else translated
-
-
-def is_reachable(row: Document) -> bool:
-    """`audience_filter`'s rule on one row: `deviceToken` present (even null, like `$exists`) or PPNS."""
-    return "deviceToken" in row or row.get("deviceType") == "embedded" or row.get("pushType") == "ppns"
 
 
 def pins_indexed_field(mongo_filter: dict[str, Any], indexed: list[str]) -> bool:
@@ -472,35 +468,6 @@ _TRANSIENT_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11
 def is_query_error(error: OperationFailure) -> bool:
     """True when MongoDB rejected the query itself rather than failing to run it."""
     return type(error) is OperationFailure and error.code not in _TRANSIENT_CODES
-
-
-def to_device(row: Document) -> Device | None:
-    """The device row a sender needs, or None for a token transport without a token (Parse skips those)."""
-    device_type = row.get("deviceType")
-    transport = transport_for(device_type, row.get("pushType"))
-    token = row.get("deviceToken")
-    if transport in TOKEN_TRANSPORTS and not (isinstance(token, str) and token):
-        metrics.SKIPPED_DEVICES.labels(str(device_type)).inc()
-        return None
-    badge = row.get("badge")
-    # Every value is checked just above or here: no validation pass needed.
-    return Device(
-        object_id=str(row["_id"]),
-        device_type=str(device_type),
-        transport=transport,
-        installation_id=_text(row.get("installationId")),
-        device_token=token if isinstance(token, str) else None,
-        push_type=_text(row.get("pushType")),
-        badge=badge if isinstance(badge, int | float) and not isinstance(badge, bool) else None,
-        locale=_text(row.get("localeIdentifier")),
-        app_identifier=_text(row.get("appIdentifier")),
-        time_zone=_text(row.get("timeZone")),
-        updated_at=updated_at if isinstance(updated_at := row.get("_updated_at"), datetime) else None,
-    )
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 class SchemaCache:

@@ -23,6 +23,7 @@ from pushgw.mongo import Document
 from pushgw.push_status import OWN, StatusStore, StatusStores
 from pushgw.settings import AppSettings, WorkerSettings
 from workers.badge import BadgeError, BadgeRule, apply_badges, badge_rule, receives_badge
+from workers.devices import count_planned, resolve_rows
 from workers.localize import Localizer
 from workers.outcomes import Deferred, Failed, Outcome, Reason, Sent, Tally, utc_offset_key
 from workers.providers.provider import UNSUPPORTED, Notification, Provider, PushContext
@@ -41,6 +42,7 @@ class _Run:
 
     item: SendBatch
     database: AsyncDatabase[Document]
+    skipped: int = 0  # rows of the unit without a device (no token): counted done, in no outcome
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     unsaved: list[str] = field(default_factory=list)  # object ids whose outcome is not saved yet
     saved_at: float = field(default_factory=time.monotonic)
@@ -95,7 +97,11 @@ class Sender:
             lag = (self._clock.now() - item.accepted_at).total_seconds()
             metrics.QUEUE_LAG_SECONDS.labels("send").observe(max(0.0, lag))
         started = time.perf_counter()
-        run = _Run(item, database)
+        planned_here = item.rows is not None  # a fan-out's devices are first known here, not by its planner
+        item, skipped = resolve_rows(item)
+        if planned_here and not redelivered:
+            count_planned(item.devices)
+        run = _Run(item, database, skipped)
         if redelivered:
             await self._load_progress(run)
         removed = await self._send_unit(run, app)
@@ -262,7 +268,7 @@ class Sender:
         self, run: _Run, store: StatusStore, increments: dict[str, Any], counted: int
     ) -> None:
         item = run.item
-        if await store.record_unit(item.push_id, item.unit, increments, counted):
+        if await store.record_unit(item.push_id, item.unit, increments, counted + run.skipped):
             metrics.BATCHES.labels("recorded").inc()
             if await store.try_finalize(item.push_id):
                 metrics.PUSHES_FINISHED.labels("succeeded").inc()

@@ -45,7 +45,10 @@ def test_poison_unit_is_dead_lettered_listed_and_replayed(
     config = tmp_path / "dlq.toml"
     config.write_text(_toml(settings))
     listed = pushgw_processes.run("dlq", "list", "--config", str(config))
-    assert json.loads(listed.stdout.splitlines()[0])["id"] == f"{push_id}:all-b0"
+    assert json.loads(listed.stdout.splitlines()[0]) | {"dead_at": None} == {
+        "id": f"{push_id}:all-b0", "app_id": "app1", "push_id": push_id, "kind": "send_batch", "devices": 2,
+        "dead_at": None, "finalized": False,
+    }  # fmt: skip
     assert mongo[db_name]["_PushStatus"].find_one({"_id": push_id})["status"] == "running"
 
     broken.stop()  # the "fix": a worker whose provider no longer fails
@@ -66,10 +69,15 @@ def test_dead_unit_is_counted_failed_after_the_grace_period(
     mongo: Any,
     db_name: str,
 ) -> None:
+    # Two units of raw rows: the dead one holds the poison token and a tokenless row (counted done, not failed).
     mongo[db_name]["_Installation"].insert_many(
-        [installation("ios", deviceToken="bug-1"), installation("android")]
+        [
+            installation("ios", deviceToken="bug-1"),
+            installation("ios", deviceToken=None),
+            installation("android"),
+        ]
     )
-    worker = {**FLEET, "batch_size": 1, "dead_letter_grace_s": 0, "watchdog_interval_s": 0.2}
+    worker = {**FLEET, "batch_size": 2, "dead_letter_grace_s": 0, "watchdog_interval_s": 0.2}
     settings = make_settings(worker=worker, recording=POISON, queue={"delivery_limit": 1})
     gateway, _ = gateway_factory(settings), worker_factory(settings)
     push_id = send(gateway, {"where": {}, "data": {"alert": "x"}})

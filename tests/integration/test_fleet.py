@@ -98,6 +98,22 @@ def test_channels_push_reaches_every_transport_and_counts_exactly(
     assert "units" not in row["pushgw"]
 
 
+def test_a_unit_of_tokenless_rows_is_counted_done_and_reaches_nobody(
+    fleet: Any, mongo: Any, db_name: str
+) -> None:
+    """Units carry raw rows; the sender decides which reach a device. The first unit (3 rows, `_id` order)
+    reaches nobody, and the push must still end, with only the two token holders counted."""
+    tokenless = [installation("android", deviceToken=None) for _ in range(3)]
+    holders = [installation("ios"), installation("android")]
+    mongo[db_name]["_Installation"].insert_many(tokenless + holders)
+    gateway, worker, _ = fleet()
+    push_id = send(gateway, {"channels": ["news"], "data": {"alert": "hi"}})
+    row = final_status(mongo, db_name, push_id)
+    assert (row["status"], row["numSent"], row.get("numFailed", 0)) == ("succeeded", 2, 0)
+    assert row["sentPerType"] == {"ios": 1, "android": 1}
+    assert sorted(worker.delivered(push_id)) == sorted(device["_id"] for device in holders)
+
+
 def test_provider_not_configured_is_counted_failed(fleet: Any, mongo: Any, db_name: str) -> None:
     database = mongo[db_name]
     database["_Installation"].insert_many([installation("ios"), installation("android")])

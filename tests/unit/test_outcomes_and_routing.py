@@ -8,8 +8,9 @@ import pytest
 
 from pushgw.messages import Device
 from workers.badge import BadgeError, BadgeRule, badge_rule, receives_badge
+from workers.devices import to_device
 from workers.outcomes import Failed, Sent, Tally, utc_offset_key
-from workers.planner import plan_key, to_device
+from workers.planner import plan_key
 from workers.providers.provider import APNS, FCM, PPNS, UNSUPPORTED, transport_for
 from workers.scheduler import parse_push_time, zone_groups
 
