@@ -78,7 +78,7 @@ class Device:
     locale: str | None = None
     app_identifier: str | None = None
     time_zone: str | None = None
-    updated_at: datetime | None = None
+    updated_at: datetime | None = None  # no longer filled or read (workers/devices.py); older items parse
 
 
 class SendBatch(WorkItem):

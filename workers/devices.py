@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 
 import bson
@@ -22,9 +21,11 @@ from pushgw.mongo import Document
 from workers.providers.provider import TOKEN_TRANSPORTS, transport_for
 
 # What a sender needs of an installation; `_id` comes first in every row (MongoDB stores it first).
+# Not `_updated_at`: a date is the costliest field to decode, and only token cleanup needs it, for the few
+# installations APNs answers 410 for (it reads them then, workers/token_cleanup.py).
 PROJECTION = {
     "deviceType": 1, "pushType": 1, "deviceToken": 1, "installationId": 1, "badge": 1,
-    "localeIdentifier": 1, "appIdentifier": 1, "timeZone": 1, "_updated_at": 1,
+    "localeIdentifier": 1, "appIdentifier": 1, "timeZone": 1,
 }  # fmt: skip
 
 # Decoded as pushgw's client decodes (pushgw/mongo.py).
@@ -59,7 +60,6 @@ def to_device(row: Document) -> Device | None:
     badge = get("badge")
     if not isinstance(badge, int | float) or badge.__class__ is bool:
         badge = None
-    updated_at = get("_updated_at")
     return Device(
         str(row["_id"]),
         str(device_type),
@@ -71,7 +71,6 @@ def to_device(row: Document) -> Device | None:
         _text(get("localeIdentifier")),
         _text(get("appIdentifier")),
         _text(get("timeZone")),
-        updated_at if isinstance(updated_at, datetime) else None,
     )
 
 

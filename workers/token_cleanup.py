@@ -13,7 +13,9 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from datetime import datetime
 
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from pushgw import metrics
@@ -42,13 +44,14 @@ class TokenCleanup:
             return 0
         if self._trips_breaker(app, dead, len(outcomes)):
             return 0
+        installations = database.get_collection(app.collection_prefix + "_Installation")
+        reregistered = await _updated_since_death(installations, dead)
         scopes: defaultdict[tuple[str, str, str | None], list[str]] = defaultdict(list)
         for outcome in dead:
             device = outcome.device
-            if not device.device_token or _updated_after_death(outcome):
+            if not device.device_token or device.object_id in reregistered:
                 continue
             scopes[(outcome.reason, device.device_type, device.app_identifier)].append(device.device_token)
-        installations = database.get_collection(app.collection_prefix + "_Installation")
         removed = 0
         for (reason, device_type, app_identifier), tokens in scopes.items():
             result = await installations.update_many(
@@ -77,9 +80,17 @@ class TokenCleanup:
         return True
 
 
-def _updated_after_death(outcome: Failed) -> bool:
-    """APNs 410: the device re-registered after the token died, so the stored token may be the new one."""
-    updated_at = outcome.device.updated_at
-    if outcome.dead_since_ms is None or updated_at is None:
-        return False
-    return updated_at.timestamp() * 1000 >= outcome.dead_since_ms
+async def _updated_since_death(installations: AsyncCollection[Document], dead: Sequence[Failed]) -> set[str]:
+    """APNs 410s: the installations updated at or after their token died (the device re-registered, so the
+    stored token may be the new one). Read when the answer comes, one read per unit with a 410: units carry
+    no `_updated_at` (decoding it for every device of every push cost more than this read)."""
+    died = {outcome.device.object_id: outcome.dead_since_ms for outcome in dead if outcome.dead_since_ms}
+    if not died:
+        return set()
+    rows = installations.find({"_id": {"$in": list(died)}}, {"_updated_at": 1})
+    return {
+        row["_id"]
+        async for row in rows
+        if isinstance(updated := row.get("_updated_at"), datetime)
+        and updated.timestamp() * 1000 >= died[row["_id"]]
+    }

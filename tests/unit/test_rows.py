@@ -55,12 +55,9 @@ def test_rows_resolve_to_the_devices_the_planner_would_have_built() -> None:
     planner_rows = bson.decode_all(b"".join(stored(row) for row in ROWS), CodecOptions(tz_aware=True))
     assert resolved.devices == devices_of(planner_rows)  # as a planner decodes a one-user audience
     paris = resolved.devices[0]
-    assert (paris.object_id, paris.badge, paris.locale, paris.updated_at) == (
-        "LkZekF55aD",
-        3,
-        "fr-FR",
-        UPDATED,
-    )
+    assert (paris.object_id, paris.badge, paris.locale, paris.device_token) == (
+        "LkZekF55aD", 3, "fr-FR", ROWS[0]["deviceToken"],
+    )  # fmt: skip
     assert [device.transport for device in resolved.devices] == ["apns", "ppns", "fcm"]
 
 
