@@ -84,7 +84,7 @@ async def _updated_since_death(installations: AsyncCollection[Document], dead: S
     """APNs 410s: the installations updated at or after their token died (the device re-registered, so the
     stored token may be the new one). Read when the answer comes, one read per unit with a 410: units carry
     no `_updated_at` (decoding it for every device of every push cost more than this read)."""
-    died = {outcome.device.object_id: outcome.dead_since_ms for outcome in dead if outcome.dead_since_ms}
+    died = {dead_one.device.object_id: at for dead_one in dead if (at := dead_one.dead_since_ms) is not None}
     if not died:
         return set()
     rows = installations.find({"_id": {"$in": list(died)}}, {"_updated_at": 1})
