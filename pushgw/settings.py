@@ -88,6 +88,7 @@ class WorkerSettings(Section):
     prefetch: int = Field(default=16, ge=1)  # plan units; a one-batch push is also sent in its plan slot
     send_prefetch: int = Field(default=16, ge=1)
     send_small_pushes_inline: bool = True  # an audience of one batch is sent by its planner, not queued
+    unit_rows: bool = True  # fan-out units carry raw rows; false: devices, for workers of older builds
     progress_chunk: int = Field(default=100, ge=1)
     progress_interval_s: float = Field(default=1.0, ge=0)
     max_attempts: int = Field(default=5, ge=1)

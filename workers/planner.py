@@ -211,7 +211,7 @@ class Planner:
             return
         count_planned(devices)
         if sent is None:  # queued like any other batch: the send queue's retries, then dead-lettering
-            await self._broker.publish(SEND, batch.to_bytes(), message_id=f"{push_id}:{batch.unit}")
+            await self._publish(batch)
         elif await self._sender.record_only_batch(sent, store, self._owner):
             self._finished(push_id, plan.key, len(devices))
             return
@@ -246,7 +246,7 @@ class Planner:
             raise
         except Exception as error:
             _inline_failed(batch, error)
-        await self._broker.publish(SEND, batch.to_bytes(), message_id=f"{batch.push_id}:{batch.unit}")
+        await self._publish(batch)
         return False
 
     def _expiry_ms(self, item: PlanPush) -> float | None:
@@ -311,8 +311,7 @@ class Planner:
                         await stepped_back.enter_async_context(self._sends.streaming())
                     cut, batch = batch[:size], batch[size:]
                     last_id = row_id(cut[-1])
-                    await window.add(self._publish_rows(plan, index, cut, last_id))
-                    index, planned = index + 1, planned + len(cut)
+                    index, planned = index + 1, planned + await self._publish_unit(window, plan, index, cut)
                     if time.monotonic() - checkpointed_at < self._settings.plan_checkpoint_s:
                         continue
                     await window.drain()
@@ -331,8 +330,7 @@ class Planner:
                 count_planned(devices)
                 return len(devices), (self._batch(plan, index, devices) if devices else None)
             if batch:
-                await window.add(self._publish_rows(plan, index, batch, row_id(batch[-1])))
-                planned += len(batch)
+                planned += await self._publish_unit(window, plan, index, batch)
             await window.drain()
         return planned, None
 
@@ -361,9 +359,25 @@ class Planner:
         async for reply in _read_ahead(cursor):
             yield split_rows(reply)
 
-    async def _publish_rows(self, plan: _Plan, index: int, rows: list[bytes], last_id: str) -> None:
-        batch = self._unit(plan, index, row_id(rows[0]), last_id, rows=b"".join(rows))
-        await self._broker.publish(SEND, batch.to_bytes(), message_id=f"{batch.push_id}:{batch.unit}")
+    async def _publish_unit(self, window: _PublishWindow, plan: _Plan, index: int, rows: list[bytes]) -> int:
+        """Publish one unit of `rows` through the window; returns what it plans (rows, or its devices).
+
+        `worker.unit_rows = false` (a fleet that still runs workers of a build before units carried rows:
+        they cannot read one) decodes the rows here and publishes devices, as those builds did."""
+        if self._settings.unit_rows:
+            unit = self._unit(plan, index, row_id(rows[0]), row_id(rows[-1]), rows=b"".join(rows))
+            planned = len(rows)
+        else:
+            devices = devices_of(decode_rows(b"".join(rows)))
+            count_planned(devices)
+            if not devices:
+                return 0
+            unit, planned = self._batch(plan, index, devices), len(devices)
+        await window.add(self._publish(unit))
+        return planned
+
+    async def _publish(self, unit: SendBatch) -> None:
+        await self._broker.publish(SEND, unit.to_bytes(), message_id=f"{unit.push_id}:{unit.unit}")
 
     def _batch(self, plan: _Plan, index: int, devices: list[Device]) -> SendBatch:
         return self._unit(plan, index, devices[0].object_id, devices[-1].object_id, devices=devices)

@@ -12,6 +12,7 @@ from pushgw.settings import Settings
 from tests.fixtures.fleet import RunningWorker
 from tests.fixtures.gateway import RunningGateway, SettingsFactory, app_config
 from tests.fixtures.parse_data import installation, seed_schema, user
+from tests.fixtures.rabbit import RabbitAdmin
 from tests.fixtures.waiting import until
 
 MASTER = {
@@ -98,20 +99,33 @@ def test_channels_push_reaches_every_transport_and_counts_exactly(
     assert "units" not in row["pushgw"]
 
 
+@pytest.mark.parametrize("unit_rows", [True, False], ids=["rows", "devices"])
 def test_a_unit_of_tokenless_rows_is_counted_done_and_reaches_nobody(
-    fleet: Any, mongo: Any, db_name: str
+    fleet: Any, mongo: Any, db_name: str, rabbit: RabbitAdmin, unit_rows: bool
 ) -> None:
-    """Units carry raw rows; the sender decides which reach a device. The first unit (3 rows, `_id` order)
-    reaches nobody, and the push must still end, with only the two token holders counted."""
+    """Units carry raw rows and the sender decides which reach a device, or (`unit_rows = false`, for workers
+    of older builds) the planner sends devices. The first unit (3 rows, `_id` order) reaches nobody, and
+    the push must still end, with only the two token holders counted."""
     tokenless = [installation("android", deviceToken=None) for _ in range(3)]
     holders = [installation("ios"), installation("android")]
     mongo[db_name]["_Installation"].insert_many(tokenless + holders)
-    gateway, worker, _ = fleet()
+    gateway, worker, _ = fleet(worker={**FLEET, "unit_rows": unit_rows})
+    tap = rabbit.tap("send")  # a copy of every unit the planner publishes
     push_id = send(gateway, {"channels": ["news"], "data": {"alert": "hi"}})
     row = final_status(mongo, db_name, push_id)
     assert (row["status"], row["numSent"], row.get("numFailed", 0)) == ("succeeded", 2, 0)
     assert row["sentPerType"] == {"ios": 1, "android": 1}
     assert sorted(worker.delivered(push_id)) == sorted(device["_id"] for device in holders)
+    units = [json.loads(message.body) for message in rabbit.take_all(tap)]
+    if unit_rows:  # both units, as rows: 3 tokenless, then the 2 holders
+        assert [(unit["first_id"], unit["devices"], len(unit["rows"]) > 0) for unit in units] == [
+            (tokenless[0]["_id"], [], True), (holders[0]["_id"], [], True),
+        ]  # fmt: skip
+    else:  # what builds before rows read: devices, and no unit for the rows that reach nobody
+        assert [[device["object_id"] for device in unit["devices"]] for unit in units] == [
+            [holder["_id"] for holder in holders]
+        ]
+        assert all("rows" not in unit for unit in units)
 
 
 def test_provider_not_configured_is_counted_failed(fleet: Any, mongo: Any, db_name: str) -> None:
