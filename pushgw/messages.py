@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -21,13 +21,16 @@ class WorkItem(BaseModel):
     app_id: str
     push_id: str
     traceparent: str | None = None  # W3C trace context of the span that published it (pushgw/tracing.py)
+    _LEFT_OUT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("traceparent",)  # see _absent
 
     def to_bytes(self) -> bytes:
         # Without tracing the item is byte-for-byte what workers of the previous release read.
         return self.model_dump_json(exclude=self._absent()).encode()
 
     def _absent(self) -> set[str] | None:
-        return {"traceparent"} if self.traceparent is None else None
+        """The optional fields left out of the JSON when unset (so older workers read the item)."""
+        absent = {name for name in self._LEFT_OUT_WHEN_NONE if getattr(self, name) is None}
+        return absent or None
 
 
 class PlanPush(WorkItem):
@@ -107,9 +110,7 @@ class SendBatch(WorkItem):
     accepted_at: datetime | None = None
     badge_applied: bool = False
 
-    def _absent(self) -> set[str] | None:
-        absent = {name for name in ("traceparent", "rows") if getattr(self, name) is None}
-        return absent or None
+    _LEFT_OUT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("traceparent", "rows")
 
 
 AnyWorkItem = Annotated[PlanPush | SendBatch, Field(discriminator="kind")]

@@ -311,7 +311,8 @@ class Planner:
                         await stepped_back.enter_async_context(self._sends.streaming())
                     cut, batch = batch[:size], batch[size:]
                     last_id = row_id(cut[-1])
-                    index, planned = index + 1, planned + await self._publish_unit(window, plan, index, cut)
+                    planned += await self._publish_unit(window, plan, index, cut, last_id)
+                    index += 1
                     if time.monotonic() - checkpointed_at < self._settings.plan_checkpoint_s:
                         continue
                     await window.drain()
@@ -330,7 +331,7 @@ class Planner:
                 count_planned(devices)
                 return len(devices), (self._batch(plan, index, devices) if devices else None)
             if batch:
-                planned += await self._publish_unit(window, plan, index, batch)
+                planned += await self._publish_unit(window, plan, index, batch, row_id(batch[-1]))
             await window.drain()
         return planned, None
 
@@ -359,13 +360,16 @@ class Planner:
         async for reply in _read_ahead(cursor):
             yield split_rows(reply)
 
-    async def _publish_unit(self, window: _PublishWindow, plan: _Plan, index: int, rows: list[bytes]) -> int:
-        """Publish one unit of `rows` through the window; returns what it plans (rows, or its devices).
+    async def _publish_unit(
+        self, window: _PublishWindow, plan: _Plan, index: int, rows: list[bytes], last_id: str
+    ) -> int:
+        """Publish one unit of `rows` (the last one's `_id` is `last_id`) through the window; returns what
+        it plans (rows, or its devices).
 
         `worker.unit_rows = false` (a fleet that still runs workers of a build before units carried rows:
         they cannot read one) decodes the rows here and publishes devices, as those builds did."""
         if self._settings.unit_rows:
-            unit = self._unit(plan, index, row_id(rows[0]), row_id(rows[-1]), rows=b"".join(rows))
+            unit = self._unit(plan, index, row_id(rows[0]), last_id, rows=b"".join(rows))
             planned = len(rows)
         else:
             devices = devices_of(decode_rows(b"".join(rows)))
