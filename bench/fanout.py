@@ -80,6 +80,7 @@ from pushgw.topology import PLAN, SEND, Topology
 from workers.audience import translate_where
 from workers.devices import PROJECTION, split_rows, to_device
 from workers.planner import MongoSubqueries, SchemaCache, pins_indexed_field, server_filter
+from workers.row_cursor import row_batches
 
 REPO = Path(__file__).resolve().parent.parent
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -488,9 +489,7 @@ async def drain(
     collection = db.get_collection(INSTALLATIONS)
     hinted = not pins_indexed_field(mongo_filter, indexes)
     started = time.perf_counter()
-    cursor = collection.find_raw_batches(mongo_filter, PROJECTION, batch_size=CURSOR_BATCH).sort("_id", 1)
-    if hinted:
-        cursor = cursor.hint("_id_")
+    cursor = row_batches(collection, mongo_filter, PROJECTION, batch_size=CURSOR_BATCH, hint_id=hinted)
     first_s, count = None, 0
     async for reply in cursor:
         count += len(split_rows(reply))
@@ -1248,7 +1247,7 @@ def config_summary(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "machine_busy_before_start_percent": args.busy_before_start,
         "note": "one SecantusDB (temp storage, single core) holds _Installation and _PushStatus, as "
         "pushgw needs (the recording provider's deliveries go to a file, not to it); RabbitMQ at 127.0.0.1:5672; pushgw's worker defaults "
-        "(batch_size 500, prefetch 16, send_prefetch 16); everything shares the machine's cores; the intake's _PushStatus "
+        "(batch_size 500, prefetch 16, send_prefetch 32); everything shares the machine's cores; the intake's _PushStatus "
         "inserts queue behind planner scans (no separate database possible: one mongo.uri)"
         + ("; py-spy runs during the push phases (numbers disturbed)" if args.profile else ""),
     }  # fmt: skip

@@ -52,9 +52,10 @@ class Consumer(Protocol):
         """Stop receiving; deliveries already handed out stay with their handlers."""
         ...
 
-    async def set_priority(self, priority: int) -> None:
-        """This consumer's priority among the queue's consumers (default 0): the broker hands messages to
-        a lower one only while every higher one is at its prefetch limit (or there is none)."""
+    async def step_back(self, stepped_back: bool) -> None:
+        """While stepped back, leave the queue's messages to its other consumers: stop receiving if the
+        queue has another consumer, else receive at a lower priority (the broker hands this one messages
+        only while every other one is at its prefetch limit). False: receive as before."""
         ...
 
 
@@ -249,6 +250,9 @@ class _RabbitDelivery:
             log.warning("delivery_settle_failed", error=str(error))
 
 
+STEP_BACK_PRIORITY = -1
+
+
 class _RabbitConsumer:
     """One `consume()` registration; `attach` (re)starts it on a connection."""
 
@@ -258,6 +262,7 @@ class _RabbitConsumer:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._priority = 0
+        self._stepped_back = False
         self._changing = asyncio.Lock()
         self._on_message: Callable[[AbstractIncomingMessage], Awaitable[None]] | None = None
         self.cancelled = False
@@ -287,20 +292,32 @@ class _RabbitConsumer:
             with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError):
                 await self._queue.cancel(self._tag)
 
-    async def set_priority(self, priority: int) -> None:
-        """Re-register on the same channel with the new priority (AMQP fixes it per `basic.consume`).
-        Unacknowledged deliveries stay with the channel and their handlers; a reconnect uses the new one.
-        A broker error leaves the old registration, or none until the reconnect: this is an optimisation."""
+    async def step_back(self, stepped_back: bool) -> None:
+        """Cancel the registration, then re-register unless stepping back with another consumer on the queue
+        (AMQP fixes a consumer's priority per `basic.consume`). Unacknowledged deliveries stay with the
+        channel and their handlers. A broker error leaves the old registration, or none until the
+        reconnect, which registers at the current priority: this is an optimisation."""
         async with self._changing:
-            if priority == self._priority or self.cancelled:
+            if stepped_back == self._stepped_back or self.cancelled:
                 return
-            self._priority = priority
-            if self._queue is None or self._tag is None or self._on_message is None:
+            self._stepped_back = stepped_back
+            self._priority = STEP_BACK_PRIORITY if stepped_back else 0
+            if self._queue is None or self.channel is None or self._on_message is None:
                 return
             with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError):
-                await self._queue.cancel(self._tag)
-                self._tag = None
+                consumers = await _consumer_count(self.channel, self._queue_name) if stepped_back else 0
+                if self._tag is not None:
+                    await self._queue.cancel(self._tag)
+                    self._tag = None
+                    consumers -= 1
+                if consumers > 0:
+                    return  # paused: the others take every message until this one steps forward again
                 self._tag = await self._queue.consume(self._on_message, arguments=self._arguments())
+
+
+async def _consumer_count(channel: AbstractChannel, queue_name: str) -> int:
+    declared = await channel.declare_queue(queue_name, passive=True)
+    return declared.declaration_result.consumer_count or 0
 
 
 class MemoryBroker:
@@ -374,5 +391,5 @@ class _MemoryConsumer:
         with contextlib.suppress(asyncio.CancelledError):
             await self._pump
 
-    async def set_priority(self, priority: int) -> None:
+    async def step_back(self, stepped_back: bool) -> None:
         return None  # one process: nobody to step back for

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
@@ -88,10 +89,14 @@ class SendBatch(WorkItem):
     """A slice of one push's audience: `unit` names it for idempotent accounting (`b<index>`, `b<i>r<n>`).
 
     The audience is `devices`, or `rows`: the installations as the database sent them (BSON documents back
-    to back, base64 in the JSON), which the sender decodes itself (workers/devices.py). A planner sends
-    `rows` for a fan-out's batches and `devices` for everything else (retries, an only batch); a unit's
-    `first_id`..`last_id` names its `_id` range either way. `rows` is left out of the JSON when absent, so
-    such an item is byte-for-byte what workers of the previous release read.
+    to back), which the sender decodes itself (workers/devices.py). A planner sends `rows` for a fan-out's
+    batches and `devices` for everything else (retries, an only batch); a unit's `first_id`..`last_id`
+    names its `_id` range either way.
+
+    On the queue, a unit of rows is framed: its JSON (without `rows`, with `rows_length`), a newline, then
+    the rows as they are — base64 in the JSON cost ~0.7 ms per 500-row unit to write and read again, more
+    than decoding the rows. `parse_work_item` still reads rows base64 in the JSON (what the previous
+    release wrote). A unit of devices is one JSON document, byte-for-byte what earlier releases read.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
@@ -103,6 +108,7 @@ class SendBatch(WorkItem):
     last_id: str
     devices: list[Device] = []
     rows: bytes | None = None
+    rows_length: int | None = None  # framed (see above): how many bytes of rows follow the JSON line
     data: Any = None
     options: dict[str, Any] = {}
     expiry_ms: float | None = None
@@ -110,7 +116,13 @@ class SendBatch(WorkItem):
     accepted_at: datetime | None = None
     badge_applied: bool = False
 
-    _LEFT_OUT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("traceparent", "rows")
+    _LEFT_OUT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("traceparent", "rows", "rows_length")
+
+    def to_bytes(self) -> bytes:
+        if self.rows is None:
+            return super().to_bytes()
+        header = self.model_copy(update={"rows": None, "rows_length": len(self.rows)})
+        return b"".join((header.to_bytes(), b"\n", self.rows))
 
 
 AnyWorkItem = Annotated[PlanPush | SendBatch, Field(discriminator="kind")]
@@ -122,7 +134,26 @@ class UnknownWorkItem(ValueError):
 
 
 def parse_work_item(body: bytes) -> PlanPush | SendBatch:
+    """A queue message's item: one JSON document, or a unit of rows framed as `SendBatch` describes."""
+    head, newline, rows = body.partition(b"\n")
+    if newline:
+        with contextlib.suppress(ValidationError):  # not a framed unit: read the body as one document
+            item = _ADAPTER.validate_json(head)
+            if isinstance(item, SendBatch) and item.rows_length is not None:
+                return _with_rows(item, rows)
     try:
-        return _ADAPTER.validate_json(body)
+        item = _ADAPTER.validate_json(body)
     except ValidationError as error:
         raise UnknownWorkItem(str(error)[:500]) from None
+    if isinstance(item, SendBatch) and item.rows_length is not None:
+        raise UnknownWorkItem(f"unit {item.unit}: {item.rows_length} bytes of rows announced, none follow")
+    return item
+
+
+def _with_rows(item: SendBatch, rows: bytes) -> SendBatch:
+    if item.rows is not None or len(rows) != item.rows_length:
+        raise UnknownWorkItem(
+            f"unit {item.unit}: {item.rows_length} bytes of rows announced, {len(rows)} follow"
+            + (" and rows in the JSON" if item.rows is not None else "")
+        )
+    return item.model_copy(update={"rows": rows, "rows_length": None})

@@ -86,7 +86,7 @@ class WorkerSettings(Section):
 
     batch_size: int = Field(default=500, ge=1, le=5000)
     prefetch: int = Field(default=16, ge=1)  # plan units; a one-batch push is also sent in its plan slot
-    send_prefetch: int = Field(default=16, ge=1)
+    send_prefetch: int = Field(default=32, ge=1)
     send_small_pushes_inline: bool = True  # an audience of one batch is sent by its planner, not queued
     unit_rows: bool = True  # fan-out units carry raw rows; false: devices, for workers of older builds
     progress_chunk: int = Field(default=100, ge=1)

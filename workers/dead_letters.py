@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +25,17 @@ from workers.outcomes import Failed, Reason, Tally, utc_offset_key
 log = get_logger(__name__)
 DEAD = "pushgw_dead"
 DEAD_ROUTE = "dead"
+
+
+def _stored(body: bytes) -> str | bytes:
+    """A message body as kept: its JSON as text, readable in the database, or the bytes of a unit of rows
+    (JSON, a newline, BSON: pushgw/messages.py)."""
+    return body if b"\n" in body else body.decode()
+
+
+def _body(entry: Document) -> bytes:
+    body = entry["body"]
+    return body.encode() if isinstance(body, str) else bytes(body)
 
 
 def dead_collection(database: AsyncDatabase[Document]) -> AsyncCollection[Document]:
@@ -62,7 +71,7 @@ class DeadLetters:
             return
         document = {
             "_id": dead_id(item), "app_id": item.app_id, "push_id": item.push_id, "kind": item.kind,
-            "route": PLAN if isinstance(item, PlanPush) else SEND, "body": delivery.body.decode(),
+            "route": PLAN if isinstance(item, PlanPush) else SEND, "body": _stored(delivery.body),
             "dead_at": self._clock.now(), "finalized": False,
         }  # fmt: skip
         with contextlib.suppress(DuplicateKeyError):  # the same unit died twice: one entry is enough
@@ -92,7 +101,7 @@ class DeadLetters:
 
 
 async def finalize(entry: Document, store: StatusStore) -> None:
-    item = parse_work_item(entry["body"].encode())
+    item = parse_work_item(_body(entry))
     if isinstance(item, PlanPush):
         await store.fail(item.push_id, 1, "planning was dead-lettered after repeated failures")
         return
@@ -113,16 +122,19 @@ async def replay(broker: Broker, database: AsyncDatabase[Document], entry_id: st
         return "not found"
     if entry["finalized"]:
         return "already finalized (its devices were counted failed); not replayed"
-    await broker.publish(entry["route"], entry["body"].encode(), message_id=entry_id)
+    await broker.publish(entry["route"], _body(entry), message_id=entry_id)
     await collection.delete_one({"_id": entry_id, "finalized": False})
     return "replayed"
 
 
 def describe(entry: Document) -> dict[str, Any]:
-    body = json.loads(entry["body"])
-    devices = len(body.get("devices", []))
-    if isinstance(body.get("rows"), str):  # a fan-out's unit: its rows, base64 (pushgw/messages.py)
-        devices += len(split_rows(base64.urlsafe_b64decode(body["rows"])))
+    try:
+        item: PlanPush | SendBatch | None = parse_work_item(_body(entry))
+    except UnknownWorkItem:
+        item = None  # kept by a release that wrote what this one cannot read: listed all the same
+    devices = 0
+    if isinstance(item, SendBatch):  # a fan-out's unit counts its rows
+        devices = len(item.devices) + (len(split_rows(item.rows)) if item.rows is not None else 0)
     return {
         "id": entry["_id"], "app_id": entry["app_id"], "push_id": entry["push_id"], "kind": entry["kind"],
         "devices": devices, "dead_at": entry["dead_at"].isoformat(),

@@ -32,26 +32,23 @@ PROJECTION = {
 _CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True)
 
 
-def is_reachable(row: Document) -> bool:
-    """`audience_filter`'s rule on one row: `deviceToken` present (even null, like `$exists`) or PPNS."""
-    return "deviceToken" in row or row.get("deviceType") == "embedded" or row.get("pushType") == "ppns"
-
-
-def device_of(row: Document) -> Device | None:
-    """The row's `Device`, or None when the push does not reach it (counted nowhere, as in Parse)."""
-    return to_device(row) if is_reachable(row) else None
+_ABSENT = object()
 
 
 def to_device(row: Document) -> Device | None:
-    """The device row a sender needs, or None for a token transport without a token (Parse skips those).
+    """The device row a sender needs, or None when the push does not reach the row (counted nowhere, as in
+    Parse): neither a `deviceToken` field (even null, like `$exists`) nor a PPNS installation (pushgw's
+    `audience_filter` rule), or a token transport without a token (Parse skips those; metric).
 
     Every value is checked here, so no validation pass is needed; written for speed (one call per device
     of every push: `__class__ is str` and positional arguments halve its cost)."""
     get = row.get
     device_type = get("deviceType")
     push_type = get("pushType")
+    token = get("deviceToken", _ABSENT)
+    if token is _ABSENT and device_type != "embedded" and push_type != "ppns":
+        return None
     transport = transport_for(device_type, push_type)
-    token = get("deviceToken")
     if token.__class__ is not str:
         token = None
     if not token and transport in TOKEN_TRANSPORTS:
@@ -75,7 +72,7 @@ def to_device(row: Document) -> Device | None:
 
 
 def devices_of(rows: Iterable[Document]) -> list[Device]:
-    return [device for row in rows if (device := device_of(row)) is not None]
+    return [device for row in rows if (device := to_device(row)) is not None]
 
 
 def decode_rows(raw: bytes) -> list[Document]:

@@ -23,7 +23,7 @@ class Reason(StrEnum):
     DEAD_LETTERED = "dead-lettered"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per delivered device, and a frozen init costs twice as much
 class Sent:
     device: Device
 

@@ -1,10 +1,10 @@
 """A worker that streams a fan-out's audience steps back from sending, so the other workers send it.
 
-Planning a large push keeps one worker's event loop busy (decoding the audience, building and publishing
-batches); the sends of those batches cost as much again. While any plan of this worker is streaming more
-than one batch, its send consumer runs at a lower RabbitMQ consumer priority: the broker gives it sends only
-while every other worker's send consumer is at its prefetch limit, or when it is the only one (a one-worker
-fleet loses nothing). Afterwards it is back at the default priority.
+Streaming a large push is a chain of `getMore`s: the database waits for each request, and the request waits
+for the planner's event loop, which a send in progress holds for milliseconds at a time. While any plan of
+this worker is streaming more than one batch, its send consumer steps back (`Consumer.step_back`): it stops
+receiving sends if another consumer is on the send queue, else it receives them at a lower RabbitMQ
+priority, so a one-worker fleet loses nothing. Afterwards it receives as before.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from pushgw.broker import Consumer
-
-STEP_BACK_PRIORITY = -1
 
 
 class SendShare:
@@ -41,4 +39,4 @@ class SendShare:
     async def _apply(self) -> None:
         async with self._changing:
             if self._consumer is not None:
-                await self._consumer.set_priority(STEP_BACK_PRIORITY if self._streaming else 0)
+                await self._consumer.step_back(self._streaming > 0)

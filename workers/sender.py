@@ -51,6 +51,11 @@ class _Run:
         self.outcomes[outcome.device.object_id] = outcome
         self.unsaved.append(outcome.device.object_id)  # encoded only if progress is saved (a long send)
 
+    def add_all(self, outcomes: Sequence[Outcome]) -> None:
+        ids = [outcome.device.object_id for outcome in outcomes]
+        self.outcomes.update(zip(ids, outcomes, strict=True))
+        self.unsaved.extend(ids)
+
 
 @dataclass(slots=True)
 class SentUnit:
@@ -169,28 +174,31 @@ class Sender:
             badges = await self._badges(run, app, todo, badge_rule(data))
         except BadgeError:
             badges = {}  # the planner already failed such pushes; nothing here can make them valid
-        localizer = Localizer(data)
-        now_ms = self._clock.now().timestamp() * 1000
+        payload_for = Localizer(data).payload_for
+        expired = item.expiry_ms is not None and self._clock.now().timestamp() * 1000 >= item.expiry_ms
+        each_badge = bool(badges) or _badge_to_strip(data)
+        providers = self._providers
         by_transport: defaultdict[str, list[Notification]] = defaultdict(list)
-        for device in todo:
-            outcome = self._precheck(device, item.expiry_ms, now_ms)
-            if outcome is not None:
-                run.add(outcome)
+        for device in todo:  # one pass per device of every push: kept lean
+            transport = device.transport
+            if expired or transport not in providers or transport == UNSUPPORTED:
+                run.add(self._failed(device, expired))
                 continue
-            payload = _with_badge(localizer.payload_for(device.locale), device, badges)
-            by_transport[device.transport].append(Notification(device, payload))
+            payload = payload_for(device.locale)
+            if each_badge:
+                payload = _with_badge(payload, device, badges)
+            by_transport[transport].append(Notification(device, payload))
         context = PushContext(item.app_id, item.push_id, item.options, item.expiry_ms, item.attempt)
         for transport, notifications in by_transport.items():
             await self._send_chunks(run, self._providers[transport], context, notifications)
 
-    def _precheck(self, device: Device, expiry_ms: float | None, now_ms: float) -> Outcome | None:
+    def _failed(self, device: Device, expired: bool) -> Failed:
+        """Why a device is not sent to: unsupported, then expired, then no provider for its transport."""
         if device.transport == UNSUPPORTED:
             return Failed(device, Reason.UNSUPPORTED)
-        if expiry_ms is not None and now_ms >= expiry_ms:
+        if expired:
             return Failed(device, Reason.EXPIRED)
-        if device.transport not in self._providers:
-            return Failed(device, Reason.PROVIDER_NOT_CONFIGURED)
-        return None
+        return Failed(device, Reason.PROVIDER_NOT_CONFIGURED)
 
     async def _badges(
         self, run: _Run, app: AppSettings, devices: Sequence[Device], rule: BadgeRule
@@ -215,9 +223,7 @@ class Sender:
     ) -> None:
         chunk = self._settings.progress_chunk
         for start in range(0, len(notifications), chunk):
-            part = notifications[start : start + chunk]
-            for outcome in await provider.send(context, part):
-                run.add(outcome)
+            run.add_all(await provider.send(context, notifications[start : start + chunk]))
             if time.monotonic() - run.saved_at >= self._settings.progress_interval_s:
                 await self._save_progress(run)
 
@@ -293,6 +299,11 @@ class Sender:
         )
         run.unsaved.clear()
         run.saved_at = time.monotonic()
+
+
+def _badge_to_strip(data: dict[str, Any]) -> bool:
+    """`data` names a badge that is no value ("Increment"): each device gets its own or none."""
+    return "badge" in data and not isinstance(data["badge"], int | float)
 
 
 def _with_badge(payload: dict[str, Any], device: Device, badges: Mapping[str, int | float]) -> dict[str, Any]:

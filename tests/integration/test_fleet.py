@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 
+from pushgw.messages import SendBatch, parse_work_item
 from pushgw.settings import Settings
 from tests.fixtures.fleet import RunningWorker
 from tests.fixtures.gateway import RunningGateway, SettingsFactory, app_config
 from tests.fixtures.parse_data import installation, seed_schema, user
 from tests.fixtures.rabbit import RabbitAdmin
 from tests.fixtures.waiting import until
+from workers.devices import split_rows
 
 MASTER = {
     "X-Parse-Application-Id": "app1",
@@ -116,16 +118,18 @@ def test_a_unit_of_tokenless_rows_is_counted_done_and_reaches_nobody(
     assert (row["status"], row["numSent"], row.get("numFailed", 0)) == ("succeeded", 2, 0)
     assert row["sentPerType"] == {"ios": 1, "android": 1}
     assert sorted(worker.delivered(push_id)) == sorted(device["_id"] for device in holders)
-    units = [json.loads(message.body) for message in rabbit.take_all(tap)]
+    bodies = [message.body for message in rabbit.take_all(tap)]
+    units = [parse_work_item(body) for body in bodies]
+    assert all(isinstance(unit, SendBatch) for unit in units)
     if unit_rows:  # both units, as rows: 3 tokenless, then the 2 holders
-        assert [(unit["first_id"], unit["devices"], len(unit["rows"]) > 0) for unit in units] == [
-            (tokenless[0]["_id"], [], True), (holders[0]["_id"], [], True),
+        assert [(unit.first_id, unit.devices, len(split_rows(unit.rows or b""))) for unit in units] == [
+            (tokenless[0]["_id"], [], 3), (holders[0]["_id"], [], 2),
         ]  # fmt: skip
-    else:  # what builds before rows read: devices, and no unit for the rows that reach nobody
-        assert [[device["object_id"] for device in unit["devices"]] for unit in units] == [
+    else:  # what builds before rows read: one JSON document of devices, no unit for the rows that reach nobody
+        assert [[device["object_id"] for device in json.loads(body)["devices"]] for body in bodies] == [
             [holder["_id"] for holder in holders]
         ]
-        assert all("rows" not in unit for unit in units)
+        assert all("rows" not in json.loads(body) for body in bodies)
 
 
 def test_provider_not_configured_is_counted_failed(fleet: Any, mongo: Any, db_name: str) -> None:

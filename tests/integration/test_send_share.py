@@ -1,5 +1,5 @@
-"""Real RabbitMQ: a worker streaming a fan-out steps back from the send queue (consumer priority), so the
-other workers send the batches, and a worker alone still gets every batch."""
+"""Real RabbitMQ: a worker streaming a fan-out steps back from the send queue, so the other workers send the
+batches even when they are at their prefetch limit, and a worker alone still gets every batch."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def test_a_streaming_worker_leaves_the_sends_to_the_others_and_takes_them_when_a
 ) -> None:
     async def scenario() -> list[dict[str, int]]:
         handled: Counter[str] = Counter()
+        slow = {"other": 0.0}  # seconds the other worker spends on each send
         brokers: list[Broker] = []
         consumers: dict[str, Consumer] = {}
         for name in ("planning", "other"):
@@ -27,6 +28,7 @@ def test_a_streaming_worker_leaves_the_sends_to_the_others_and_takes_them_when_a
             brokers.append(broker)
 
             async def handle(delivery: Delivery, name: str = name) -> None:
+                await asyncio.sleep(slow.get(name, 0.0))  # simulated work, not synchronisation
                 handled[name] += 1
                 await delivery.ack()
 
@@ -44,7 +46,9 @@ def test_a_streaming_worker_leaves_the_sends_to_the_others_and_takes_them_when_a
 
         try:
             async with share.streaming():
-                await publish(40)  # the other worker keeps up: it gets every batch
+                slow["other"] = 0.01  # at its prefetch limit most of the time: still it gets every batch
+                await publish(40)
+                slow["other"] = 0.0
             await publish(40)  # back in the rotation
             await consumers["other"].cancel()
             async with share.streaming():

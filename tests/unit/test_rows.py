@@ -10,7 +10,7 @@ import bson
 import pytest
 from bson.codec_options import CodecOptions
 
-from pushgw.messages import Device, SendBatch, parse_work_item
+from pushgw.messages import Device, SendBatch, UnknownWorkItem, parse_work_item
 from tests.fixtures.parse_data import installation
 from workers.dead_letters import describe
 from workers.devices import PROJECTION, devices_of, resolve_rows, row_id, split_rows
@@ -68,9 +68,44 @@ def test_a_unit_of_devices_is_what_the_previous_release_wrote_and_read() -> None
     assert resolve_rows(item) == (item, 0)
 
 
-def test_dead_letter_listing_counts_a_raw_units_rows() -> None:
+def test_a_unit_of_rows_travels_as_a_json_line_then_the_rows_as_they_are() -> None:
+    rows = b"".join(stored(row) for row in ROWS)
+    body = unit(rows=rows).to_bytes()
+    head, _, tail = body.partition(b"\n")
+    assert tail == rows  # not base64: the sender decodes the database's own bytes
+    assert json.loads(head)["rows_length"] == len(rows) and "rows" not in json.loads(head)
+    assert parse_work_item(body) == unit(rows=rows)
+
+
+def test_a_unit_with_rows_in_its_json_as_the_previous_release_wrote_it_is_read() -> None:
+    rows = b"".join(stored(row) for row in ROWS)
+    body = unit(rows=rows).model_dump_json(exclude={"traceparent", "rows_length"}).encode()  # base64 rows
+    assert b"\n" not in body
+    assert parse_work_item(body) == unit(rows=rows)
+
+
+@pytest.mark.parametrize("cut", [1, 100])
+def test_a_truncated_unit_of_rows_is_unreadable_not_a_smaller_unit(cut: int) -> None:
+    body = unit(rows=b"".join(stored(row) for row in ROWS)).to_bytes()
+    with pytest.raises(UnknownWorkItem, match="bytes of rows announced"):
+        parse_work_item(body[:-cut])
+    with pytest.raises(UnknownWorkItem, match="none follow"):
+        parse_work_item(body.partition(b"\n")[0])
+
+
+def test_an_item_whose_json_spans_lines_is_still_one_item() -> None:
+    item = unit(devices=[Device(object_id="a", device_type="ios", transport="apns", device_token="t")])
+    pretty = json.dumps(json.loads(item.to_bytes()), indent=2).encode()
+    assert parse_work_item(pretty) == item
+
+
+@pytest.mark.parametrize("as_text", [False, True], ids=["bytes", "text"])
+def test_dead_letter_listing_counts_a_raw_units_rows(as_text: bool) -> None:
+    body = unit(rows=b"".join(stored(row) for row in ROWS)).to_bytes()
+    if as_text:  # the previous release kept bodies as text, with the rows base64 in the JSON
+        body = parse_work_item(body).model_dump_json(exclude={"traceparent", "rows_length"}).encode()
     entry = {
         "_id": "p:all-b0", "app_id": "app", "push_id": "p", "kind": "send_batch", "finalized": False,
-        "dead_at": UPDATED, "body": unit(rows=b"".join(stored(row) for row in ROWS)).to_bytes().decode(),
+        "dead_at": UPDATED, "body": body.decode() if as_text else body,
     }  # fmt: skip
     assert describe(entry)["devices"] == 4

@@ -27,7 +27,7 @@ class PushContext:
     attempt: int = 1  # > 1: these devices failed transiently before (APNs sends them on the quarantine lane)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per device sent to, and a frozen init costs twice as much
 class Notification:
     """What one device receives: Parse `data` after localization and badge resolution."""
 
