@@ -6,7 +6,7 @@ import asyncio
 import json
 import secrets
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -104,11 +104,12 @@ class StatusStore:
         self._records = records or batcher
         self._reads = reads
 
-    async def progress(self, push_id: str) -> Document | None:
-        """The push's `status` and accounting fields (`PROGRESS_FIELDS`); None if there is no such push."""
+    async def progress(self, push_id: str, unit: str | None = None) -> Document | None:
+        """The push's `status` and accounting fields (`PROGRESS_FIELDS`), and whether `unit` is recorded
+        (`pushgw.units.<unit>`, the only entry of that map it reads); None if there is no such push."""
         if self._reads is not None:
-            return await self._reads.read(push_id)
-        return await self.collection.find_one({"_id": push_id}, PROGRESS_FIELDS)
+            return await self._reads.read(push_id, unit)
+        return await self.collection.find_one({"_id": push_id}, progress_fields([unit]))
 
     async def _update(self, update: ConditionalUpdate) -> bool:
         batcher = self._records if update.mergeable else self._batcher
@@ -553,7 +554,6 @@ class UpdateBatcher(GroupCommit[ConditionalUpdate, bool]):
 
 PROGRESS_FIELDS = {
     "status": 1,
-    f"{OWN}.units": 1,
     f"{OWN}.plans_done": 1,
     f"{OWN}.plans_expected": 1,
     f"{OWN}.audience": 1,
@@ -561,7 +561,13 @@ PROGRESS_FIELDS = {
 }
 
 
-class ProgressReads(GroupCommit[str, Document | None]):
+def progress_fields(units: Iterable[str | None]) -> dict[str, int]:
+    """`PROGRESS_FIELDS` and the `units` entries asked for: the map holds one entry per recorded unit of the
+    push (2,000 at a million devices), and every unit's sender reads progress twice."""
+    return PROGRESS_FIELDS | {f"{OWN}.units.{unit}": 1 for unit in units if unit is not None}
+
+
+class ProgressReads(GroupCommit[tuple[str, str | None], Document | None]):
     """Group commit of progress reads: the units of one push sent at once (a fan-out) share one read.
 
     A read asked for while another is in flight waits for the next one, so it never sees a state older
@@ -574,16 +580,17 @@ class ProgressReads(GroupCommit[str, Document | None]):
         super().__init__(max_batch, linger_s)
         self._collection = collection
 
-    async def read(self, push_id: str) -> Document | None:
-        return await self._submit(push_id)
+    async def read(self, push_id: str, unit: str | None = None) -> Document | None:
+        return await self._submit((push_id, unit))
 
-    async def _write(self, batch: list[tuple[str, asyncio.Future[Document | None]]]) -> None:
-        ids = sorted({push_id for push_id, _ in batch})
+    async def _write(
+        self, batch: list[tuple[tuple[str, str | None], asyncio.Future[Document | None]]]
+    ) -> None:
+        ids = sorted({push_id for (push_id, _), _ in batch})
         query = {"_id": ids[0] if len(ids) == 1 else {"$in": ids}}
-        found = {
-            document["_id"]: document async for document in self._collection.find(query, PROGRESS_FIELDS)
-        }
-        for push_id, future in batch:
+        fields = progress_fields(unit for (_, unit), _ in batch)
+        found = {document["_id"]: document async for document in self._collection.find(query, fields)}
+        for (push_id, _), future in batch:
             settle(future, found.get(push_id))
 
 

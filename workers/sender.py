@@ -90,7 +90,7 @@ class Sender:
         self, item: SendBatch, app: AppSettings, database: AsyncDatabase[Document], redelivered: bool
     ) -> None:
         store = self._stores.store(database, app.collection_prefix)
-        status = await store.progress(item.push_id)
+        status = await store.progress(item.push_id, item.unit)
         if (
             status is None
             or status.get("status") != "running"

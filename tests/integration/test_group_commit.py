@@ -161,12 +161,14 @@ def test_units_of_one_push_recorded_at_once_share_one_update_and_a_recorded_one_
 ) -> None:
     """Units b0, b1, b2 of P record at once: one update statement for all three (the database rewrites
     the push document once). Then b3, b4 and a redelivered b1 record at once: b1's condition fails the
-    combined update, so each is retried alone; b3 and b4 count, b1 does not count twice."""
+    combined update, so each is retried alone; b3 and b4 count, b1 does not count twice. Progress reads
+    asked at once share one read, and each unit's sender learns whether its own unit is recorded without
+    reading every recorded unit (the map grows to 2,000 entries at a million devices)."""
 
     updates = UpdateStatements()
     statements = updates.statements
 
-    async def scenario() -> tuple[list[int], list[bool], list[bool], dict[str, Any]]:
+    async def scenario() -> tuple[list[int], list[bool], list[bool], dict[str, Any], list[Any]]:
         client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_server.uri, event_listeners=[updates])
         try:
             collection = client[db_name]["_PushStatus"]
@@ -184,16 +186,21 @@ def test_units_of_one_push_recorded_at_once_share_one_update_and_a_recorded_one_
             second = await record_all(["all-b3", "all-b1", "all-b4"])
             row = await collection.find_one({"_id": "P"})
             assert row is not None
-            return first_statements, first, second, row
+            asked = ["all-b1", "all-b7", None]
+            reads = await asyncio.gather(*(store.progress("P", unit) for unit in asked))
+            return first_statements, first, second, row, reads
+
         finally:
             await client.close()
 
-    first_statements, first, second, row = asyncio.run(scenario())
+    first_statements, first, second, row, reads = asyncio.run(scenario())
     assert first_statements == [1]
     assert first == [True, True, True]
     assert second == [True, False, True]
     assert (row["numSent"], row["pushgw"]["devices_done"]) == (15, 15)
     assert sorted(row["pushgw"]["units"]) == [f"all-b{n}" for n in range(5)]
+    assert all(read["pushgw"]["devices_done"] == 15 and read["status"] == "running" for read in reads)
+    assert [sorted(read["pushgw"].get("units", {})) for read in reads] == [["all-b1"]] * 3  # one read for all
 
 
 def test_pushes_sent_before_claimed_finish_in_one_write_and_never_over_a_claim_or_a_cancel(
