@@ -763,9 +763,9 @@ async def fanout_run(stack: Stack, size: int, args: argparse.Namespace) -> dict[
         pushes.append(push)
         if push["status"] not in TERMINAL:
             break  # abandoned: the workers were restarted, the run is not verified
-    middle = {key: value for key, value in median_push(pushes).items() if key != "profile"}
+    middle = {key: value for key, value in lower_median(pushes, "seconds").items() if key != "profile"}
     ceiling = round(statistics.median(drain["docs_per_s"] for drain in drains))
-    typical = sorted(drains, key=lambda drain: drain["seconds"])[(len(drains) - 1) // 2]
+    typical = lower_median(drains, "seconds")
     logs = [push["worker_log"] for push in pushes]
     return {
         "size": size, "seeding": seeding, "filter": mongo_filter, **middle,
@@ -784,9 +784,9 @@ async def fanout_run(stack: Stack, size: int, args: argparse.Namespace) -> dict[
     }  # fmt: skip
 
 
-def median_push(pushes: list[dict[str, Any]]) -> dict[str, Any]:
-    """The push of median time (the faster of the two middle ones when there is an even number)."""
-    return sorted(pushes, key=lambda push: push["seconds"])[(len(pushes) - 1) // 2]
+def lower_median(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run of median `key` (the lower of the two middle ones when there is an even number)."""
+    return sorted(runs, key=lambda run: run[key])[(len(runs) - 1) // 2]
 
 
 PUSH_SUMMARY = (
