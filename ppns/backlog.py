@@ -255,10 +255,10 @@ class Backlog:
 
     # --- reading -----------------------------------------------------------------------------------------
 
-    async def sequence(self) -> int:
-        """The app's newest committed `seq` (0: nothing stored yet)."""
-        document = await self._sequence.find_one({"_id": _SEQUENCE_ID})
-        return int((document or {}).get("seq", 0))
+    async def newest(self) -> tuple[int, str]:
+        """The app's newest committed `seq` and its `time` (0 and the epoch: nothing stored yet)."""
+        document = await self._sequence.find_one({"_id": _SEQUENCE_ID}) or {}
+        return int(document.get("seq", 0)), format_time(int(document.get("time_ms", 0)))
 
     async def entries_between(self, after: int, upto: int) -> list[Entry]:
         """The entries with `after` < seq ≤ `upto`, in `seq` order (a node filling a gap)."""

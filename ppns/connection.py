@@ -47,6 +47,8 @@ class NodeContext:
     replaced_elsewhere: Callable[[str, str, str], None]
     tasks: set[asyncio.Task[None]]  # the node's reads of missing log entries (awaited at shutdown)
     admissions: Admissions  # handshakes waiting for their claim and replay
+    # app id → the `time` of the newest log entry the node has handed to its connections (None: unknown)
+    handed_out_time: Callable[[str], str | None]
 
 
 class SlowReaderError(ConnectionError):
@@ -230,6 +232,10 @@ class DeviceConnection(asyncio.Protocol):
         self.key = (sys.intern(handshake.app_id), handshake.installation_id)
         self.holder = f"{self._node.node_id}/{uuid.uuid4().hex[:12]}"
         self._cursor = handshake.last
+        if self._cursor is None and self._node.settings.replay_without_last == "none":
+            # "Nothing stored before the handshake": skip what the node has handed out so far. Everything
+            # after reaches this connection live (it is registered below, in the same step) or in its replay.
+            self._cursor = self._node.handed_out_time(handshake.app_id)
         # Locally first, so a live push arriving while the claim is written finds this connection (it
         # waits in `_pending` until the replay is done).
         self._node.registry.claim(self)

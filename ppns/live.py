@@ -200,39 +200,48 @@ class LivePublisher:
 
     async def publish_entries(self, body: bytes) -> bool:
         """To every node (the fanout exchange)."""
-        channel = await self._ready_channel()
-        if channel is None or self._exchange is None:
+        exchange = await self._ready_exchange()
+        if exchange is None:
             return False
-        ok = await _publish(self._exchange, "", body)
+        ok = await _publish(exchange, "", body)
         if not ok:
             self._retry_at = time.monotonic() + PUBLISH_RETRY_S
             await self._drop()
         return ok
 
-    async def _ready_channel(self) -> AbstractChannel | None:
+    def _open_exchange(self) -> AbstractExchange | None:
+        channel = self._channel
+        return self._exchange if channel is not None and not channel.is_closed else None
+
+    async def _ready_exchange(self) -> AbstractExchange | None:
+        """The declared exchange on an open channel; connects once for all callers. Channel and exchange
+        become visible together, after the declaration: a publish never sees a channel without one."""
         if not self.enabled:
             return None
-        channel = self._channel
-        if channel is not None and not channel.is_closed:
-            return channel
+        exchange = self._open_exchange()
+        if exchange is not None:
+            return exchange
         async with self._lock:
-            if self._channel is not None and not self._channel.is_closed:
-                return self._channel
-            if time.monotonic() < self._retry_at:
-                return None
+            exchange = self._open_exchange()
+            if exchange is not None or time.monotonic() < self._retry_at:
+                return exchange
             await self._drop()
+            connection = None
             try:
                 connection = await aio_pika.connect(
                     self._settings.url, timeout=self._settings.publish_timeout_s
                 )
-                self._channel = await connection.channel(publisher_confirms=False)
-                self._connection = connection
-                self._exchange = await _declare_entries(self._channel, self._settings.prefix)
+                channel = await connection.channel(publisher_confirms=False)
+                exchange = await _declare_entries(channel, self._settings.prefix)
             except _CONNECT_ERRORS as error:
                 log.warning("ppns_live_publisher_unavailable", error=str(error))
                 self._retry_at = time.monotonic() + PUBLISH_RETRY_S
+                if connection is not None:
+                    with contextlib.suppress(*_CONNECT_ERRORS):
+                        await connection.close()
                 return None
-            return self._channel
+            self._connection, self._channel, self._exchange = connection, channel, exchange
+            return exchange
 
     async def _drop(self) -> None:
         connection, self._connection, self._channel, self._exchange = self._connection, None, None, None

@@ -67,6 +67,8 @@ class PpnsServer:
         registry = Registry()
         self._written = WrittenTimes(backlogs, self._settings.written_interval_s)
         self._keepalive = KeepaliveWheel(self._settings.keepalive_interval_s)
+        tasks: set[asyncio.Task[None]] = set()
+        self._dispatcher = LiveDispatcher(registry, backlogs, tasks)
         self._node = NodeContext(
             settings=self._settings,
             backlogs=backlogs,
@@ -76,12 +78,12 @@ class PpnsServer:
             keepalive=self._keepalive,
             written=self._written,
             replaced_elsewhere=self._replaced_elsewhere,
-            tasks=set(),
+            tasks=tasks,
             admissions=Admissions(ADMISSION_WORKERS),
+            handed_out_time=self._dispatcher.handed_out_time,
         )
         live = not settings.queue.is_memory
         interval_s = self._settings.poll_interval_s if live else self._settings.poll_interval_without_broker_s
-        self._dispatcher = LiveDispatcher(registry, backlogs, self._node.tasks)
         self._watcher = BacklogWatcher(registry, backlogs, self._dispatcher, interval_s, self.node_id)
         self._link = (
             NodeLink(settings.queue, self.node_id, self._dispatcher, self._watcher.sweep_soon)

@@ -40,6 +40,7 @@ class _AppEntries:
     ) -> None:
         self._app_id, self._backlog, self._registry, self._tasks = app_id, backlog, registry, tasks
         self.watermark: int | None = None
+        self.handed_out_time: str | None = None  # the `time` of entry `watermark`, when known
         self._waiting: dict[int, Entry] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._reading: asyncio.Task[None] | None = None
@@ -61,6 +62,7 @@ class _AppEntries:
             self._timer = asyncio.get_running_loop().call_later(GAP_WAIT_S, self._gap_due)
 
     def _hand_out(self, entry: Entry) -> None:
+        self.handed_out_time = entry.time
         push = entry.push()
         for installation_id in entry.installations:
             connection = self._registry.get((self._app_id, installation_id))
@@ -77,17 +79,18 @@ class _AppEntries:
 
     async def prime(self) -> None:
         """Start after the newest committed entry (a connection's handshake replays everything before)."""
-        sequence = await self._backlog.sequence()
+        sequence, newest_time = await self._backlog.newest()
         if self.watermark is None or sequence > self.watermark:
-            self.watermark = sequence
+            self.watermark, self.handed_out_time = sequence, newest_time
 
     async def catch_up(self, upto: int | None = None) -> None:
         """Hand out the entries up to `upto` (default: the newest committed) not handed out yet."""
         try:
+            newest_time = None
             if upto is None:
-                upto = await self._backlog.sequence()
+                upto, newest_time = await self._backlog.newest()
             if self.watermark is None:
-                self.watermark = upto
+                self.watermark, self.handed_out_time = upto, newest_time
                 return
             if upto <= self.watermark:
                 return
@@ -101,7 +104,11 @@ class _AppEntries:
                     self.receive(waiting[seq])  # those at or below `upto` are dropped
         except PyMongoError as error:
             log.warning("ppns_log_unavailable", app_id=self._app_id, error=str(error))
-            if self._waiting and self._timer is None:  # try again later
+        finally:
+            # Entries still waiting (arrived during the read, after a gap this read did not cover; or the
+            # read failed): read again later. A gap that came due during this read found it running and
+            # armed nothing, and `receive` arms nothing for entries handed out already.
+            if self._waiting and self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(GAP_WAIT_S, self._gap_due)
 
 
@@ -123,6 +130,12 @@ class LiveDispatcher:
                 await entries.prime()
             except PyMongoError as error:
                 log.warning("ppns_log_unavailable", app_id=app_id, error=str(error))
+
+    def handed_out_time(self, app_id: str) -> str | None:
+        """The `time` of the newest entry of the app this node has handed to its connections (None: not
+        known yet). A connection registered now gets every entry after it, live or from its replay."""
+        entries = self.apps.get(app_id)
+        return None if entries is None else entries.handed_out_time
 
     def __call__(self, body: bytes) -> None:
         message = decode(body)

@@ -15,10 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 from prometheus_client import REGISTRY
 
-from ppns.backlog import open_backlogs
+from ppns.backlog import Entry, open_backlogs
+from ppns.live import LivePublisher, encode_entries, entries_exchange
 from ppns.protocol import format_time
 from pushgw.emulators.tls import ServerCertificates, write_server_certificates
 from pushgw.messages import Device
@@ -27,6 +29,7 @@ from pushgw.settings import Settings
 from tests.fixtures.emulators import PROVIDER_WORKER
 from tests.fixtures.fleet import RunningWorker
 from tests.fixtures.gateway import RunningGateway, SettingsFactory
+from tests.fixtures.mongo import MongoServer
 from tests.fixtures.parse_data import installation, seed_schema
 from tests.fixtures.ports import free_port
 from tests.fixtures.ppns_devices import (
@@ -629,6 +632,153 @@ def test_two_workers_storing_at_once_reach_the_device_in_strictly_increasing_tim
     entries = mongo[db_name]["_PPNSLog"].find({"installations": device.installation_id}).sort("_id", 1)
     times = [entry["time"] for entry in entries]
     assert len(times) == 40 and times == sorted(times)  # commit (`seq`) order is `time` order
+
+
+def test_every_publish_made_while_the_live_publisher_connects_reaches_the_nodes(
+    live_settings: Settings,
+) -> None:
+    """A worker's first PPNS sends finish together: a publish made at any moment while its live connection
+    is being opened waits for it, and every message reaches the nodes' exchange. (One made between the
+    channel and the exchange's declaration used to publish nothing, so its devices waited for the sweep.)"""
+    queue_settings = live_settings.queue
+
+    async def run() -> tuple[list[bool], int]:
+        connection = await aio_pika.connect(queue_settings.url)
+        publisher = LivePublisher(queue_settings)
+        try:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(
+                entries_exchange(queue_settings.prefix), aio_pika.ExchangeType.FANOUT
+            )
+            node_queue = await channel.declare_queue(exclusive=True)
+            await node_queue.bind(exchange)
+            first = asyncio.ensure_future(publisher.publish_entries(b"0"))
+            later: list[asyncio.Future[bool]] = []
+            while not first.done():  # one more publish on every turn of the loop until the first is out
+                later.append(asyncio.ensure_future(publisher.publish_entries(b"%d" % (len(later) + 1))))
+                await asyncio.sleep(0)
+            published = [await first, *await asyncio.gather(*later)]
+
+            async def arrived(expected: int) -> int:
+                count = 0
+                async with node_queue.iterator(no_ack=True) as messages:
+                    async for _ in messages:
+                        count += 1
+                        if count == expected:
+                            break
+                return count
+
+            return published, await asyncio.wait_for(arrived(sum(published)), timeout=10)
+        finally:
+            await publisher.close()
+            await connection.close()
+
+    published, arrived = asyncio.run(run())
+    assert len(published) > 1
+    assert published.count(False) == 0
+    assert arrived == len(published)
+
+
+def through(proxy: TcpProxy) -> dict[str, Any]:
+    """Settings sections: the node's database behind `proxy` (a held answer waits, never times out)."""
+    uri = f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true"
+    return {"mongo": {"uri": uri, "timeout_ms": 30000}}
+
+
+def test_a_gap_that_comes_due_while_an_earlier_gap_is_read_is_read_once_that_read_ends(
+    tcp_proxy: type[TcpProxy],  # first: it closes after the node has stopped
+    make_settings: SettingsFactory,
+    ppns_certificates: ServerCertificates,
+    ppns_node_factory: NodeFactory,
+    live_settings: Settings,
+    mongo_server: MongoServer,
+    mongo: Any,
+    db_name: str,
+) -> None:
+    """Entry 2 arrives before 1, and the node's read of the log for 1 is slow. Meanwhile 1 arrives live, then
+    4 before 3, and 4's wait ends while that read still runs. Once it ends, the node reads 3 and hands out
+    3 and 4 (they used to wait for the next live entry, or the sweep: 30 s)."""
+    proxy = tcp_proxy(mongo_server.port)
+    node = live_node(
+        ppns_node_factory,
+        ppns_settings(make_settings, ppns_certificates, through(proxy), poll_interval_s=NO_SWEEP),
+    )
+    device = held_device(node, mongo, db_name)
+    store_silently(live_settings, device.installation_id, *({"alert": str(n)} for n in range(1, 5)))
+    log_entries = {
+        document["_id"]: Entry(
+            document["_id"],
+            document["time"],
+            document["push_id"],
+            document["data"],
+            document["installations"],
+        )
+        for document in mongo[db_name]["_PPNSLog"].find({"installations": device.installation_id})
+    }
+    assert sorted(log_entries) == [1, 2, 3, 4]
+    app_entries = node.server._dispatcher.apps["app1"]  # the node's view of app1's entries
+
+    def publish(seq: int) -> None:
+        async def run() -> None:
+            publisher = LivePublisher(live_settings.queue)
+            try:
+                assert await publisher.publish_entries(encode_entries("app1", [log_entries[seq]]))
+            finally:
+                await publisher.close()
+
+        asyncio.run(run())
+
+    proxy.hold()  # the database's answers to the node wait
+    gaps = pushes("gap")
+    publish(2)
+    until(lambda: pushes("gap") > gaps, what="the node to read the log for entry 1")
+    publish(1)
+    wait_for(device, lambda: device.alerts() == ["1", "2"], "entries 1 and 2, live")
+    publish(4)
+    until(lambda: 4 in app_entries._waiting, what="entry 4 to wait for 3")
+    until(lambda: app_entries._timer is None, what="entry 4's wait to end while the first read runs")
+    assert pushes("gap") == gaps + 1  # no second read yet: the first one still runs
+    proxy.release()
+    wait_for(device, lambda: len(device.pushes) == 4, "entries 3 and 4 after the first read ends")
+    assert device.alerts() == ["1", "2", "3", "4"]
+    assert_clean_wire(device)
+
+
+def test_replay_none_skips_pushes_stored_before_the_handshake_not_those_stored_while_it_is_admitted(
+    tcp_proxy: type[TcpProxy],  # first: it closes after the node has stopped
+    make_settings: SettingsFactory,
+    ppns_certificates: ServerCertificates,
+    ppns_node_factory: NodeFactory,
+    live_settings: Settings,
+    mongo_server: MongoServer,
+) -> None:
+    """`replay_without_last = "none"` means nothing stored before the handshake. A push stored after it,
+    while the connection's claim and replay still wait for the database, reaches the device (it used to be
+    skipped: the replay's cursor was the newest push when the replay read the log)."""
+    installation_id = str(uuid.uuid4())
+    store(live_settings, installation_id, {"alert": "before"})
+    proxy = tcp_proxy(mongo_server.port)
+    node = live_node(
+        ppns_node_factory,
+        ppns_settings(
+            make_settings,
+            ppns_certificates,
+            through(proxy),
+            poll_interval_s=NO_SWEEP,
+            replay_without_last="none",
+        ),
+    )
+    proxy.hold()  # the claim and the replay wait
+    device = node.device(LINUX, installation_id=installation_id)
+    device.send_handshake()
+    until(lambda: node.server.connection_count == 1, what="the handshake to register the connection")
+    store(live_settings, installation_id, {"alert": "during"})
+    proxy.release()
+    wait_for(device, lambda: len(device.pushes) == 1, "the push stored after the handshake")
+    store(live_settings, installation_id, {"alert": "after"})
+    wait_for(device, lambda: len(device.pushes) == 2, "the push after the replay")
+    assert device.alerts() == ["during", "after"]
+    assert_clean_wire(device)
 
 
 def test_a_batch_stored_twice_is_one_log_entry_and_written_once(
