@@ -679,30 +679,37 @@ def test_every_publish_made_while_the_live_publisher_connects_reaches_the_nodes(
     assert arrived == len(published)
 
 
-def through(proxy: TcpProxy) -> dict[str, Any]:
-    """Settings sections: the node's database behind `proxy` (a held answer waits, never times out)."""
-    uri = f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true"
-    return {"mongo": {"uri": uri, "timeout_ms": 30000}}
+SlowNodeFactory = Callable[..., tuple[RunningNode, TcpProxy]]
 
 
-def test_a_gap_that_comes_due_while_an_earlier_gap_is_read_is_read_once_that_read_ends(
+@pytest.fixture
+def node_behind_proxy(
     tcp_proxy: type[TcpProxy],  # first: it closes after the node has stopped
     make_settings: SettingsFactory,
     ppns_certificates: ServerCertificates,
     ppns_node_factory: NodeFactory,
-    live_settings: Settings,
     mongo_server: MongoServer,
-    mongo: Any,
-    db_name: str,
+) -> SlowNodeFactory:
+    """`start(**ppns)`: a live node (no sweep) whose database is behind a proxy that can hold its answers
+    (a held answer waits; it never times out)."""
+
+    def start(**ppns: Any) -> tuple[RunningNode, TcpProxy]:
+        proxy = tcp_proxy(mongo_server.port)
+        uri = f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true"
+        slow = {"mongo": {"uri": uri, "timeout_ms": 30000}}
+        settings = ppns_settings(make_settings, ppns_certificates, slow, poll_interval_s=NO_SWEEP, **ppns)
+        return live_node(ppns_node_factory, settings), proxy
+
+    return start
+
+
+def test_a_gap_that_comes_due_while_an_earlier_gap_is_read_is_read_once_that_read_ends(
+    node_behind_proxy: SlowNodeFactory, live_settings: Settings, mongo: Any, db_name: str
 ) -> None:
     """Entry 2 arrives before 1, and the node's read of the log for 1 is slow. Meanwhile 1 arrives live, then
     4 before 3, and 4's wait ends while that read still runs. Once it ends, the node reads 3 and hands out
     3 and 4 (they used to wait for the next live entry, or the sweep: 30 s)."""
-    proxy = tcp_proxy(mongo_server.port)
-    node = live_node(
-        ppns_node_factory,
-        ppns_settings(make_settings, ppns_certificates, through(proxy), poll_interval_s=NO_SWEEP),
-    )
+    node, proxy = node_behind_proxy()
     device = held_device(node, mongo, db_name)
     store_silently(live_settings, device.installation_id, *({"alert": str(n)} for n in range(1, 5)))
     log_entries = {
@@ -745,29 +752,14 @@ def test_a_gap_that_comes_due_while_an_earlier_gap_is_read_is_read_once_that_rea
 
 
 def test_replay_none_skips_pushes_stored_before_the_handshake_not_those_stored_while_it_is_admitted(
-    tcp_proxy: type[TcpProxy],  # first: it closes after the node has stopped
-    make_settings: SettingsFactory,
-    ppns_certificates: ServerCertificates,
-    ppns_node_factory: NodeFactory,
-    live_settings: Settings,
-    mongo_server: MongoServer,
+    node_behind_proxy: SlowNodeFactory, live_settings: Settings
 ) -> None:
     """`replay_without_last = "none"` means nothing stored before the handshake. A push stored after it,
     while the connection's claim and replay still wait for the database, reaches the device (it used to be
     skipped: the replay's cursor was the newest push when the replay read the log)."""
     installation_id = str(uuid.uuid4())
     store(live_settings, installation_id, {"alert": "before"})
-    proxy = tcp_proxy(mongo_server.port)
-    node = live_node(
-        ppns_node_factory,
-        ppns_settings(
-            make_settings,
-            ppns_certificates,
-            through(proxy),
-            poll_interval_s=NO_SWEEP,
-            replay_without_last="none",
-        ),
-    )
+    node, proxy = node_behind_proxy(replay_without_last="none")
     proxy.hold()  # the claim and the replay wait
     device = node.device(LINUX, installation_id=installation_id)
     device.send_handshake()
