@@ -260,6 +260,12 @@ class Backlog:
         document = await self._sequence.find_one({"_id": _SEQUENCE_ID}) or {}
         return int(document.get("seq", 0)), format_time(int(document.get("time_ms", 0)))
 
+    async def seq_before(self, stored_at: datetime) -> int:
+        """The newest `seq` stored before `stored_at` (by the storing worker's clock)."""
+        since = self._log.find({"stored_at": {"$gte": stored_at}}, {"_id": 1})
+        first = [int(document["_id"]) async for document in since.sort("_id", ASCENDING).limit(1)]
+        return first[0] - 1 if first else (await self.newest())[0]
+
     async def entries_between(self, after: int, upto: int) -> list[Entry]:
         """The entries with `after` < seq ≤ `upto`, in `seq` order (a node filling a gap)."""
         cursor = self._log.find({"_id": {"$gt": after, "$lte": upto}}).sort("_id", ASCENDING)
@@ -271,19 +277,28 @@ class Backlog:
         last: str | None,
         no_last: NoLastPolicy,
         now_ms: int,
+        *,
         presence: Document | None = None,
+        registered_after: str | None = None,
     ) -> tuple[list[StoredPush], str | None]:
         """Retained, unexpired pushes strictly after `last`, oldest first, and the cursor to continue from
         once they are written: the newest stored `time` for the installation (expired and dropped pushes
         count as passed), or `last` if that is newer.
 
         Without `last`: every retained push (`retained`), those after the newest one written to a socket
-        (`unwritten`), or none stored so far (`none`). `presence`: the document `claim` just read."""
+        (`unwritten`), or none stored before the handshake (`none`). `presence`: the document `claim`
+        just read. `registered_after`: the newest entry the node had handed out when the connection
+        registered; what came after reaches the connection live, so neither policy starts later than that
+        (another connection, e.g. an older one on another node, may have been written it meanwhile)."""
         if presence is None:
             presence = await self._presence.find_one({"_id": installation_id})
         after = last
         if last is None and no_last == "unwritten":
             after = await self._written_time(installation_id, presence)
+            if after is not None and registered_after is not None:
+                after = min(after, registered_after)
+        elif last is None and no_last == "none" and registered_after is not None:
+            after = registered_after
         elif last is None and no_last == "none":
             sequence = await self._sequence.find_one({"_id": _SEQUENCE_ID}) or {}
             newest_ms = int(sequence.get("time_ms", 0))

@@ -105,6 +105,7 @@ class DeviceConnection(asyncio.Protocol):
         "_pending",
         "_reading",
         "_registered",
+        "_registered_after",
         "_replayed",
         "_timer",
         "_transport",
@@ -129,6 +130,8 @@ class DeviceConnection(asyncio.Protocol):
         self._cursor: str | None = None
         self._closed = False
         self._registered = False
+        # A handshake without `last`: the newest entry the node had handed out when it registered
+        self._registered_after: str | None = None
         self._reading: asyncio.Task[Any] | None = None  # the admission or a backlog read, while running
         self._again = False  # another backlog read is due once the running one ends
         self._replayed = False  # the handshake's replay is done
@@ -232,10 +235,10 @@ class DeviceConnection(asyncio.Protocol):
         self.key = (sys.intern(handshake.app_id), handshake.installation_id)
         self.holder = f"{self._node.node_id}/{uuid.uuid4().hex[:12]}"
         self._cursor = handshake.last
-        if self._cursor is None and self._node.settings.replay_without_last == "none":
-            # "Nothing stored before the handshake": skip what the node has handed out so far. Everything
-            # after reaches this connection live (it is registered below, in the same step) or in its replay.
-            self._cursor = self._node.handed_out_time(handshake.app_id)
+        if handshake.last is None:
+            # Everything after this reaches the connection live (it is registered below, in the same step):
+            # the replay's own starting point never skips past it (Backlog.replay).
+            self._registered_after = self._node.handed_out_time(handshake.app_id)
         # Locally first, so a live push arriving while the claim is written finds this connection (it
         # waits in `_pending` until the replay is done).
         self._node.registry.claim(self)
@@ -394,7 +397,12 @@ class DeviceConnection(asyncio.Protocol):
         first = not self._replayed
         policy = self._node.settings.replay_without_last if first else "retained"
         pushes, cursor = await backlog.replay(
-            self.key[1], self._cursor, policy, self._node.now_ms(), presence=document
+            self.key[1],
+            self._cursor,
+            policy,
+            self._node.now_ms(),
+            presence=document,
+            registered_after=self._registered_after if first else None,
         )
         for push in pushes:
             if self._closed:

@@ -18,6 +18,7 @@ a push.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 from pymongo.errors import PyMongoError
 
@@ -30,6 +31,7 @@ from pushgw.logs import get_logger
 log = get_logger(__name__)
 CHUNK = IN_CHUNK
 GAP_WAIT_S = 0.2  # an entry arriving out of order waits this long for the ones before it
+START_MARGIN_S = 60.0  # a node that could not read the log at start hands out entries stored this long before
 
 
 class _AppEntries:
@@ -39,6 +41,7 @@ class _AppEntries:
         self, app_id: str, backlog: Backlog, registry: Registry, tasks: set[asyncio.Task[None]]
     ) -> None:
         self._app_id, self._backlog, self._registry, self._tasks = app_id, backlog, registry, tasks
+        self._started_at = datetime.now(UTC)
         self.watermark: int | None = None
         self.handed_out_time: str | None = None  # the `time` of entry `watermark`, when known
         self._waiting: dict[int, Entry] = {}
@@ -46,20 +49,32 @@ class _AppEntries:
         self._reading: asyncio.Task[None] | None = None
 
     def receive(self, entry: Entry) -> None:
-        if self.watermark is None:  # the log could not be read at start: the first entry is the baseline
-            self.watermark = entry.seq - 1
-        if entry.seq <= self.watermark:
+        if self.watermark is not None and entry.seq <= self.watermark:
             return  # handed out already (a gap read and a late message, or a republished entry)
-        self._waiting[entry.seq] = entry
-        while self.watermark + 1 in self._waiting:
-            self.watermark += 1
-            self._hand_out(self._waiting.pop(self.watermark))
+        self._waiting[entry.seq] = entry  # with no watermark yet (the log unread), every entry waits
+        self._advance()
+
+    def _advance(self) -> None:
+        """Hand out the waiting entries that follow the watermark; wait for a missing one at most
+        `GAP_WAIT_S` before reading the log."""
+        if self.watermark is not None:
+            while self.watermark + 1 in self._waiting:
+                self.watermark += 1
+                self._hand_out(self._waiting.pop(self.watermark))
         if not self._waiting:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(GAP_WAIT_S, self._gap_due)
+
+    def _jump(self, seq: int, time: str | None) -> None:
+        """Move the watermark to `seq` without handing out what lies before it (committed before the node
+        knew the log, or expired from it), then go on with the entries waiting after it."""
+        self.watermark, self.handed_out_time = seq, time
+        for stale in [waiting for waiting in self._waiting if waiting <= seq]:
+            del self._waiting[stale]
+        self._advance()
 
     def _hand_out(self, entry: Entry) -> None:
         self.handed_out_time = entry.time
@@ -78,30 +93,32 @@ class _AppEntries:
             self._reading.add_done_callback(self._tasks.discard)
 
     async def prime(self) -> None:
-        """Start after the newest committed entry (a connection's handshake replays everything before)."""
+        """Start after the newest committed entry (a connection's handshake replays everything before;
+        the node registers none before this). Entries received meanwhile that are newer are handed out."""
         sequence, newest_time = await self._backlog.newest()
         if self.watermark is None or sequence > self.watermark:
-            self.watermark, self.handed_out_time = sequence, newest_time
+            self._jump(sequence, newest_time)
 
     async def catch_up(self, upto: int | None = None) -> None:
         """Hand out the entries up to `upto` (default: the newest committed) not handed out yet."""
         try:
-            newest_time = None
-            if upto is None:
-                upto, newest_time = await self._backlog.newest()
-            if self.watermark is None:
-                self.watermark, self.handed_out_time = upto, newest_time
-                return
-            if upto <= self.watermark:
+            if self.watermark is None or upto is None:
+                newest, newest_time = await self._backlog.newest()
+                if self.watermark is None:
+                    # The log could not be read at start, and connections may have registered since: start
+                    # with the entries stored since the node started (a margin for clocks apart), so that
+                    # none of theirs is skipped. One a connection has already passed is skipped by it.
+                    since = self._started_at - timedelta(seconds=START_MARGIN_S)
+                    start = await self._backlog.seq_before(since)
+                    self._jump(start, newest_time if start == newest else None)
+                upto = newest if upto is None else upto
+            if self.watermark is None or upto <= self.watermark:
                 return
             for entry in await self._backlog.entries_between(self.watermark, upto):
                 self.receive(entry)
             if self.watermark < upto:  # committed but gone: expired from the log (a node long cut off)
                 log.warning("ppns_log_entries_expired", app_id=self._app_id, after=self.watermark, upto=upto)
-                self.watermark = upto
-                waiting, self._waiting = self._waiting, {}
-                for seq in sorted(waiting):
-                    self.receive(waiting[seq])  # those at or below `upto` are dropped
+                self._jump(upto, self.handed_out_time)
         except PyMongoError as error:
             log.warning("ppns_log_unavailable", app_id=self._app_id, error=str(error))
         finally:

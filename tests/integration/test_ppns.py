@@ -690,13 +690,16 @@ def node_behind_proxy(
     ppns_node_factory: NodeFactory,
     mongo_server: MongoServer,
 ) -> SlowNodeFactory:
-    """`start(**ppns)`: a live node (no sweep) whose database is behind a proxy that can hold its answers
-    (a held answer waits; it never times out)."""
+    """`start(cut=False, **ppns)`: a live node (no sweep) whose database is behind a proxy that can hold its
+    answers (a held answer waits; it never times out), or, with `cut`, that starts cut off (then the node's
+    database commands time out after 1 s)."""
 
-    def start(**ppns: Any) -> tuple[RunningNode, TcpProxy]:
+    def start(cut: bool = False, **ppns: Any) -> tuple[RunningNode, TcpProxy]:
         proxy = tcp_proxy(mongo_server.port)
+        if cut:
+            proxy.cut()
         uri = f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true"
-        slow = {"mongo": {"uri": uri, "timeout_ms": 30000}}
+        slow = {"mongo": {"uri": uri, "timeout_ms": 1000 if cut else 30000}}
         settings = ppns_settings(make_settings, ppns_certificates, slow, poll_interval_s=NO_SWEEP, **ppns)
         return live_node(ppns_node_factory, settings), proxy
 
@@ -770,6 +773,71 @@ def test_replay_none_skips_pushes_stored_before_the_handshake_not_those_stored_w
     store(live_settings, installation_id, {"alert": "after"})
     wait_for(device, lambda: len(device.pushes) == 2, "the push after the replay")
     assert device.alerts() == ["during", "after"]
+    assert_clean_wire(device)
+
+
+def test_unwritten_replay_on_a_new_node_keeps_a_push_the_old_node_wrote_to_the_stale_connection(
+    node_behind_proxy: SlowNodeFactory,
+    ppns_node_factory: NodeFactory,
+    live_settings: Settings,
+    mongo: Any,
+    db_name: str,
+) -> None:
+    """A device without `last` (Arduino) reconnects to node B while node A still holds its old socket. A
+    push stored while B's claim and replay wait is written by A to the old socket and marked written; B's
+    replay (policy `unwritten`) must not start after it: the device gets it on its new connection."""
+    node_a = live_node(ppns_node_factory, live_settings)
+    node_b, proxy = node_behind_proxy()  # replay_without_last = "unwritten" (the default)
+    stale = held_device(node_a, mongo, db_name)  # left open: the device rebooted without closing it
+    proxy.hold()
+    moved = node_b.device(ARDUINO, installation_id=stale.installation_id)
+    moved.send_handshake()
+    until(lambda: node_b.server.connection_count == 1, what="node B to register the new connection")
+    store(live_settings, stale.installation_id, {"alert": "during"})
+    marks = mongo[db_name]["_PPNSWritten"]
+    until(
+        lambda: marks.count_documents({"installations": stale.installation_id}) == 1,
+        what="node A to mark the push written to the old connection",
+    )
+    proxy.release()
+    wait_for(moved, lambda: len(moved.pushes) == 1, "the push stored after the new handshake")
+    assert moved.alerts() == ["during"]
+
+
+def test_a_node_that_could_not_read_the_log_at_start_still_hands_out_entries_in_order(
+    node_behind_proxy: SlowNodeFactory,
+    live_settings: Settings,
+    mongo: Any,
+    db_name: str,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The node starts while its database is unreachable, so it does not know where the log stands. Once
+    the database is back, entry 2's message arrives and entry 1's never does: the device gets 1, then 2
+    (the first live entry used to become the starting point, and 1 was taken as handed out)."""
+    node, proxy = node_behind_proxy(cut=True)
+    output: list[str] = []
+
+    def failed_reads() -> int:
+        output.append(capfd.readouterr().out)
+        return "".join(output).count("ppns_log_unavailable")
+
+    until(lambda: failed_reads() >= 2, what="the node's start and its first sweep to fail to read the log")
+    proxy.restore()
+    device = held_device(node, mongo, db_name)
+    store_silently(live_settings, device.installation_id, {"alert": "1"}, {"alert": "2"})
+    second = mongo[db_name]["_PPNSLog"].find_one({"_id": 2}) or {}
+    entry = Entry(2, second["time"], second["push_id"], second["data"], second["installations"])
+
+    async def publish() -> None:
+        publisher = LivePublisher(live_settings.queue)
+        try:
+            assert await publisher.publish_entries(encode_entries("app1", [entry]))
+        finally:
+            await publisher.close()
+
+    asyncio.run(publish())
+    wait_for(device, lambda: len(device.pushes) == 2, "entries 1 and 2")
+    assert device.alerts() == ["1", "2"]
     assert_clean_wire(device)
 
 
