@@ -288,8 +288,9 @@ class Backlog:
         Without `last`: every retained push (`retained`), those after the newest one written to a socket
         (`unwritten`), or none stored before the handshake (`none`). `presence`: the document `claim`
         just read. `registered_after`: the newest entry the node had handed out when the connection
-        registered; what came after reaches the connection live, so neither policy starts later than that
-        (another connection, e.g. an older one on another node, may have been written it meanwhile)."""
+        registered; what came after reaches the connection live, so no policy starts later than that
+        (another connection, e.g. an older one on another node, may have been written it meanwhile) and
+        `backlog_cap` applies only to what came before."""
         if presence is None:
             presence = await self._presence.find_one({"_id": installation_id})
         after = last
@@ -312,13 +313,23 @@ class Backlog:
         ]
         entries = sorted(legacy, key=lambda entry: str(entry["time"])) + found
         newest = max((str(entry["time"]) for entry in entries), default=None)
-        live = [entry for entry in entries if self._retained(entry, now_ms)][-self._retention.cap :]
+        live = self._capped([entry for entry in entries if self._retained(entry, now_ms)], registered_after)
         pushes = [
             StoredPush(time=entry["time"], push_id=entry["push_id"], data=entry["data"], seq=entry.get("_id"))
             for entry in live
         ]
         cursor = after if newest is None or (after is not None and after > newest) else newest
         return pushes, cursor
+
+    def _capped(self, entries: list[Document], registered_after: str | None) -> list[Document]:
+        """The newest `backlog_cap` of the pushes stored before the connection registered, and every one
+        stored after (those the device would have been written live had its replay not been running)."""
+        if registered_after is None:
+            return entries[-self._retention.cap :]
+        before = [entry for entry in entries if entry["time"] <= registered_after]
+        return before[-self._retention.cap :] + [
+            entry for entry in entries if entry["time"] > registered_after
+        ]
 
     def _retained(self, entry: Document, now_ms: int) -> bool:
         expires = entry.get("expires_ms")

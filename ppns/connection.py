@@ -130,7 +130,7 @@ class DeviceConnection(asyncio.Protocol):
         self._cursor: str | None = None
         self._closed = False
         self._registered = False
-        # A handshake without `last`: the newest entry the node had handed out when it registered
+        # The newest entry the node had handed out when the connection registered (None: unknown)
         self._registered_after: str | None = None
         self._reading: asyncio.Task[Any] | None = None  # the admission or a backlog read, while running
         self._again = False  # another backlog read is due once the running one ends
@@ -235,10 +235,9 @@ class DeviceConnection(asyncio.Protocol):
         self.key = (sys.intern(handshake.app_id), handshake.installation_id)
         self.holder = f"{self._node.node_id}/{uuid.uuid4().hex[:12]}"
         self._cursor = handshake.last
-        if handshake.last is None:
-            # Everything after this reaches the connection live (it is registered below, in the same step):
-            # the replay's own starting point never skips past it (Backlog.replay).
-            self._registered_after = self._node.handed_out_time(handshake.app_id)
+        # Everything after this reaches the connection live (it is registered below, in the same step): the
+        # replay neither starts after it nor caps what came after it (Backlog.replay).
+        self._registered_after = self._node.handed_out_time(handshake.app_id)
         # Locally first, so a live push arriving while the claim is written finds this connection (it
         # waits in `_pending` until the replay is done).
         self._node.registry.claim(self)
@@ -402,7 +401,7 @@ class DeviceConnection(asyncio.Protocol):
             policy,
             self._node.now_ms(),
             presence=document,
-            registered_after=self._registered_after if first else None,
+            registered_after=self._registered_after,
         )
         for push in pushes:
             if self._closed:

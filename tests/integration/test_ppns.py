@@ -804,6 +804,26 @@ def test_unwritten_replay_on_a_new_node_keeps_a_push_the_old_node_wrote_to_the_s
     assert moved.alerts() == ["during"]
 
 
+def test_backlog_cap_limits_the_pushes_before_the_handshake_not_those_stored_while_it_is_admitted(
+    node_behind_proxy: SlowNodeFactory, live_settings: Settings, mongo: Any, db_name: str
+) -> None:
+    """`backlog_cap` (here 2) bounds what a reconnecting device is replayed from before its handshake. The
+    pushes stored while its claim and replay wait for the database are not capped: they are live pushes
+    (all five used to be cut to the newest two)."""
+    node, proxy = node_behind_proxy(backlog_cap=2)
+    installation_id = str(uuid.uuid4())
+    store(live_settings, installation_id, *({"alert": f"old {n}"} for n in range(3)))
+    proxy.hold()  # the claim and the replay wait
+    device = node.device(LINUX, installation_id=installation_id, last="2000-01-01T00:00:00.000Z")
+    device.send_handshake()
+    until(lambda: node.server.connection_count == 1, what="the handshake to register the connection")
+    store(live_settings, installation_id, *({"alert": f"new {n}"} for n in range(5)))
+    proxy.release()
+    wait_for(device, lambda: len(device.pushes) == 7, "the two newest old pushes and all five new ones")
+    assert device.alerts() == ["old 1", "old 2", *(f"new {n}" for n in range(5))]
+    assert_clean_wire(device)
+
+
 def test_a_node_that_could_not_read_the_log_at_start_still_hands_out_entries_in_order(
     node_behind_proxy: SlowNodeFactory,
     live_settings: Settings,
