@@ -32,14 +32,22 @@ class PublishError(PushgwError):
 
 
 class Delivery(Protocol):
-    """One received message; exactly one of ack/requeue/dead_letter settles it."""
+    """One received message; exactly one of ack/requeue/retry_later/dead_letter settles it."""
 
     body: bytes
-    redelivered: bool
+    redelivered: bool  # handed out before, by the broker or by retry_later
+    retries: int  # how often retry_later handed this message back
 
     async def ack(self) -> None: ...
 
-    async def requeue(self) -> None: ...
+    async def requeue(self) -> None:
+        """Hand back now; counts towards the queue's delivery limit (poison is dead-lettered)."""
+        ...
+
+    async def retry_later(self, delay_s: float) -> None:
+        """Hand back after `delay_s` as a new message (`redelivered`, `retries` + 1), so that an outage
+        does not use up the queue's delivery limit."""
+        ...
 
     async def dead_letter(self) -> None: ...
 
@@ -84,6 +92,7 @@ def create_broker(settings: QueueSettings, delay_tiers_s: Sequence[int] = (5,)) 
 
 
 _CONNECT_ERRORS = (TimeoutError, OSError, aio_pika.exceptions.AMQPError)
+RETRIES_HEADER = "x-pushgw-retries"
 
 
 class RabbitBroker:
@@ -115,18 +124,21 @@ class RabbitBroker:
         try:
             channel = await connection.channel(publisher_confirms=True)
             exchange = await declare_topology(channel, self.topology)
-            delay_exchange = await channel.get_exchange(self.topology.delay_exchange)
+            # Publishing works before the first consumer attaches: its handlers start at once and may publish.
+            self._exchange = exchange
+            self._delay_exchange = await channel.get_exchange(self.topology.delay_exchange)
             for consumer in self._consumers:
                 if not consumer.cancelled:
                     await consumer.attach(connection, self._channel_lost)
         except BaseException:
+            self._exchange = self._delay_exchange = None
             await connection.close()
             raise
         if self._link.closing:
+            self._exchange = self._delay_exchange = None
             await connection.close()
             return
-        self._connection, self._channel, self._exchange = connection, channel, exchange
-        self._delay_exchange = delay_exchange
+        self._connection, self._channel = connection, channel
         connection.close_callbacks.add(self._connection_lost)
         channel.close_callbacks.add(self._channel_lost)
         log.info("broker_connected", prefix=self.topology.prefix, consumers=len(self._consumers))
@@ -163,8 +175,17 @@ class RabbitBroker:
     async def publish_delayed(self, delay_s: int, body: bytes, *, message_id: str) -> None:
         await self._publish(self._delay_exchange, str(delay_s), body, message_id)
 
+    async def publish_retry(self, route: str, body: bytes, message_id: str | None, retries: int) -> None:
+        """`body` back on the queue of `route` as a new message marked as handed back `retries` times."""
+        await self._publish(self._exchange, route, body, message_id, {RETRIES_HEADER: retries})
+
     async def _publish(
-        self, exchange: AbstractExchange | None, route: str, body: bytes, message_id: str
+        self,
+        exchange: AbstractExchange | None,
+        route: str,
+        body: bytes,
+        message_id: str | None,
+        headers: dict[str, Any] | None = None,
     ) -> None:
         if exchange is None:
             raise PublishError("not connected to the broker")
@@ -173,6 +194,7 @@ class RabbitBroker:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             content_type="application/json",
             message_id=message_id,
+            headers=headers,
         )
         try:
             confirmation = await exchange.publish(
@@ -189,7 +211,7 @@ class RabbitBroker:
         """Consume on a channel of its own; re-attached to every new connection until cancelled."""
         if self._connection is None:
             raise PublishError("not connected to the broker")
-        consumer = _RabbitConsumer(self.topology.queue(route), handler, prefetch)
+        consumer = _RabbitConsumer(self, route, handler, prefetch)
         await consumer.attach(self._connection, self._channel_lost)
         self._consumers.append(consumer)
         return consumer
@@ -224,16 +246,32 @@ def _log_connect_failure(error: BaseException) -> None:
 
 
 class _RabbitDelivery:
-    def __init__(self, message: AbstractIncomingMessage) -> None:
-        self._message = message
+    def __init__(self, broker: RabbitBroker, route: str, message: AbstractIncomingMessage) -> None:
+        self._broker, self._route, self._message = broker, route, message
         self.body = message.body
-        self.redelivered = bool(message.redelivered)
+        retries = (message.headers or {}).get(RETRIES_HEADER)
+        self.retries = retries if isinstance(retries, int) and retries > 0 else 0
+        self.redelivered = bool(message.redelivered) or self.retries > 0
 
     async def ack(self) -> None:
         await self._settle(self._message.ack())
 
     async def requeue(self) -> None:
         await self._settle(self._message.nack(requeue=True))
+
+    async def retry_later(self, delay_s: float) -> None:
+        """A copy published (confirmed) before the original is acked: a crash in between leaves both, and
+        work is idempotent. If the copy cannot be published, the original is requeued instead."""
+        await asyncio.sleep(delay_s)
+        try:
+            await self._broker.publish_retry(
+                self._route, self.body, self._message.message_id, self.retries + 1
+            )
+        except PublishError as error:
+            log.warning("delivery_retry_publish_failed", error=str(error))
+            await self.requeue()
+            return
+        await self.ack()
 
     async def dead_letter(self) -> None:
         await self._settle(self._message.reject(requeue=False))
@@ -256,8 +294,9 @@ STEP_BACK_PRIORITY = -1
 class _RabbitConsumer:
     """One `consume()` registration; `attach` (re)starts it on a connection."""
 
-    def __init__(self, queue_name: str, handler: Handler, prefetch: int) -> None:
-        self._queue_name, self._handler, self._prefetch = queue_name, handler, prefetch
+    def __init__(self, broker: RabbitBroker, route: str, handler: Handler, prefetch: int) -> None:
+        self._broker, self._route = broker, route
+        self._queue_name, self._handler, self._prefetch = broker.topology.queue(route), handler, prefetch
         self.channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
@@ -273,10 +312,10 @@ class _RabbitConsumer:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self._prefetch)
         queue = await channel.get_queue(self._queue_name, ensure=False)
-        handler = self._handler
+        broker, route, handler = self._broker, self._route, self._handler
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await handler(_RabbitDelivery(message))
+            await handler(_RabbitDelivery(broker, route, message))
 
         self._on_message = on_message
         self._tag = await queue.consume(on_message, arguments=self._arguments())
@@ -334,10 +373,11 @@ class MemoryBroker:
         self.queues[route].put_nowait(_MemoryDelivery(self, route, body))
 
     async def publish_delayed(self, delay_s: int, body: bytes, *, message_id: str) -> None:
+        self.enqueue_later(delay_s, _MemoryDelivery(self, SEND, body))
+
+    def enqueue_later(self, delay_s: float, delivery: _MemoryDelivery) -> None:
         loop = asyncio.get_running_loop()
-        handle = loop.call_later(
-            delay_s, lambda: self.queues[SEND].put_nowait(_MemoryDelivery(self, SEND, body))
-        )
+        handle = loop.call_later(delay_s, lambda: self.queues[delivery.route].put_nowait(delivery))
         self._timers.add(handle)
 
     async def consume(self, route: str, handler: Handler, *, prefetch: int) -> Consumer:
@@ -352,17 +392,23 @@ class MemoryBroker:
 
 
 class _MemoryDelivery:
-    def __init__(self, broker: MemoryBroker, route: str, body: bytes, redelivered: bool = False) -> None:
-        self._broker, self._route = broker, route
-        self.body, self.redelivered = body, redelivered
+    def __init__(
+        self, broker: MemoryBroker, route: str, body: bytes, redelivered: bool = False, retries: int = 0
+    ) -> None:
+        self._broker, self.route = broker, route
+        self.body, self.redelivered, self.retries = body, redelivered, retries
 
     async def ack(self) -> None:
         return None
 
     async def requeue(self) -> None:
-        self._broker.queues[self._route].put_nowait(
-            _MemoryDelivery(self._broker, self._route, self.body, True)
+        self._broker.queues[self.route].put_nowait(
+            _MemoryDelivery(self._broker, self.route, self.body, True, self.retries)
         )
+
+    async def retry_later(self, delay_s: float) -> None:
+        again = _MemoryDelivery(self._broker, self.route, self.body, True, self.retries + 1)
+        self._broker.enqueue_later(delay_s, again)
 
     async def dead_letter(self) -> None:
         self._broker.queues["dead"].put_nowait(_MemoryDelivery(self._broker, "dead", self.body))

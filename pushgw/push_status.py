@@ -8,7 +8,7 @@ import secrets
 import string
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bson
@@ -26,6 +26,7 @@ from pushgw.mongo import Document
 from pushgw.push import Push
 
 COLLECTION = "_PushStatus"
+_RELEASED = datetime(1970, 1, 1, tzinfo=UTC)  # a lease given up: expired for everyone
 OWN = "pushgw"  # our bookkeeping inside _PushStatus; Parse readers show it as an ordinary object field
 TERMINAL = ("succeeded", "failed")
 # Unit records and progress reads (a fan-out's units, not a one-batch push) wait this long for company: a
@@ -185,6 +186,17 @@ class StatusStore:
                     f"{OWN}.progress_at": now,
                 }
             },
+        )
+        return result.matched_count == 1
+
+    async def release_plan(self, push_id: str, key: str, owner: str) -> bool:
+        """Give up the planning lease of a plan `owner` stopped running before it was done (an error, a
+        lost broker connection, a worker stopping), so that the plan's next delivery resumes it from its
+        checkpoint at once instead of after `planner_lease_s`; False if it was not `owner`'s."""
+        prefix = f"{OWN}.plans.{key}"
+        result = await self.collection.update_one(
+            {"_id": push_id, f"{prefix}.owner": owner, f"{prefix}.done": {"$ne": True}},
+            {"$set": {f"{prefix}.lease_until": _RELEASED}},
         )
         return result.matched_count == 1
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from datetime import timedelta
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from pushgw import metrics
 from pushgw.broker import Broker, Delivery
@@ -74,8 +75,17 @@ class DeadLetters:
             "route": PLAN if isinstance(item, PlanPush) else SEND, "body": _stored(delivery.body),
             "dead_at": self._clock.now(), "finalized": False,
         }  # fmt: skip
-        with contextlib.suppress(DuplicateKeyError):  # the same unit died twice: one entry is enough
-            await dead_collection(database).insert_one(document)
+        try:
+            with contextlib.suppress(DuplicateKeyError):  # the same unit died twice: one entry is enough
+                await dead_collection(database).insert_one(document)
+        except PyMongoError as error:
+            # Not kept yet: back to the dead queue (it has no delivery limit) once MongoDB may be back.
+            log.warning(
+                "dead_letter_keep_retry", push_id=item.push_id, error=f"{type(error).__name__}: {error}"
+            )
+            await asyncio.sleep(self._settings.worker.requeue_delay_s)
+            await delivery.requeue()
+            return
         metrics.DEAD_LETTERS.labels(item.kind).inc()
         log.error("work_item_dead_lettered", push_id=item.push_id, kind=item.kind, id=document["_id"])
         await delivery.ack()
@@ -94,7 +104,13 @@ class DeadLetters:
             async for entry in dead_collection(database).find(
                 {"finalized": False, "dead_at": {"$lte": cutoff}}
             ):
-                await finalize(entry, store)
+                try:
+                    await finalize(entry, store)
+                except UnknownWorkItem as error:
+                    # Kept by a release that wrote what this one cannot read: left to that release or to
+                    # `pushgw dlq`, and the other entries are finalized all the same.
+                    log.error("dead_letter_unreadable_entry", id=entry["_id"], error=str(error)[:300])
+                    continue
                 await dead_collection(database).update_one(
                     {"_id": entry["_id"]}, {"$set": {"finalized": True}}
                 )

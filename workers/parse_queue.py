@@ -28,6 +28,7 @@ from pushgw.push import audience_where, body_options
 from pushgw.push_status import COLLECTION, OWN
 from pushgw.settings import Settings
 from pushgw.topology import PLAN
+from workers.retries import is_transient, retry_later
 
 log = get_logger(__name__)
 
@@ -127,8 +128,14 @@ class ParseQueue:
             if marked.matched_count == 1:
                 await self._broker.publish(PLAN, plan.to_bytes(), message_id=f"{plan.push_id}:parse")
         except (PyMongoError, PublishError) as error:
-            log.warning("parse_item_retry", push_id=plan.push_id, error=f"{type(error).__name__}: {error}")
-            await delivery.requeue()
+            if is_transient(error):
+                first_delay_s = self._settings.worker.requeue_delay_s
+                await retry_later(delivery, first_delay_s, error, "parse_item_retry", push_id=plan.push_id)
+            else:
+                log.warning(
+                    "parse_item_failed", push_id=plan.push_id, error=f"{type(error).__name__}: {error}"
+                )
+                await delivery.requeue()  # the queue's delivery limit dead-letters a poison message
             return
         metrics.PARSE_ITEMS.labels("planned" if marked.matched_count == 1 else "ignored").inc()
         if marked.matched_count != 1:

@@ -16,7 +16,7 @@ import pymongo
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.cursor import AsyncRawBatchCursor
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import OperationFailure
+from pymongo.errors import OperationFailure, PyMongoError
 
 from pushgw import metrics
 from pushgw.broker import Broker
@@ -33,6 +33,7 @@ from workers.audience import ClassSchema, QueryError, conjoin, translate_where
 from workers.badge import BadgeError, badge_rule
 from workers.devices import PROJECTION, count_planned, decode_rows, devices_of, row_id, split_rows
 from workers.lookups import EqualityLookups, pinned_value
+from workers.retries import TRANSIENT_CODES
 from workers.row_cursor import row_batches
 from workers.send_share import SendShare
 from workers.sender import Sender, SentUnit
@@ -68,8 +69,12 @@ class _PublishWindow:
         self._tasks: deque[asyncio.Task[None]] = deque()
 
     async def add(self, publish: Coroutine[Any, Any, None]) -> None:
-        if len(self._tasks) >= self._size:
-            await self._tasks.popleft()
+        try:
+            if len(self._tasks) >= self._size:
+                await self._tasks.popleft()
+        except BaseException:  # an earlier publish failed, or planning was cancelled: `publish` never runs
+            publish.close()
+            raise
         self._tasks.append(asyncio.create_task(publish))
 
     async def drain(self) -> None:
@@ -116,6 +121,33 @@ class Planner:
             return  # the intake's copy of a scheduled push: the scheduler starts it from its _PushStatus
         store = self._stores.store(database, app.collection_prefix)
         key = plan_key(item)
+        try:
+            await self._plan_push(item, app, database, redelivered, store=store, key=key)
+        except BaseException:
+            await self._give_up(store, item.push_id, key)
+            raise
+
+    async def _give_up(self, store: StatusStore, push_id: str, key: str) -> None:
+        """Planning stopped before it was done (an error: the delivery is retried; a lost broker
+        connection or a worker stopping: the broker delivers it again). If this worker held the plan's
+        lease, it gives it up, so that the next delivery resumes the plan at once rather than being
+        dropped as someone else's until the lease expires (`planner_lease_s`, then the watchdog)."""
+        try:
+            if await store.release_plan(push_id, key, self._owner):
+                log.info("plan_released", push_id=push_id, plan=key)
+        except PyMongoError as error:  # the database is what failed: the lease expires on its own
+            log.warning("plan_release_failed", push_id=push_id, plan=key, error=str(error))
+
+    async def _plan_push(
+        self,
+        item: PlanPush,
+        app: AppSettings,
+        database: AsyncDatabase[Document],
+        redelivered: bool,
+        *,
+        store: StatusStore,
+        key: str,
+    ) -> None:
         # The audience is translated (and a one-user audience read) while the plan is claimed: reads have
         # no effect, and a lost claim just drops them.
         reading = asyncio.create_task(self._read_audience(item, app, database))
@@ -480,13 +512,9 @@ async def ensure_installation_indexes(
         await collection.create_index(field, name=f"pushgw_{field}")
 
 
-# Server errors that mean "try again", never "your query is wrong" (MongoDB error codes).
-_TRANSIENT_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
-
-
 def is_query_error(error: OperationFailure) -> bool:
     """True when MongoDB rejected the query itself rather than failing to run it."""
-    return type(error) is OperationFailure and error.code not in _TRANSIENT_CODES
+    return type(error) is OperationFailure and error.code not in TRANSIENT_CODES
 
 
 class SchemaCache:

@@ -91,13 +91,14 @@ class Sender:
     ) -> None:
         store = self._stores.store(database, app.collection_prefix)
         status = await store.progress(item.push_id, item.unit)
-        if (
-            status is None
-            or status.get("status") != "running"
-            or item.unit in status.get("pushgw", {}).get("units", {})
-        ):
+        if status is None or status.get("status") != "running":
             metrics.BATCHES.labels("skipped").inc()
-            return  # cancelled, finished, or this unit was already recorded
+            return  # cancelled or finished
+        if item.unit in status.get("pushgw", {}).get("units", {}):
+            metrics.BATCHES.labels("skipped").inc()
+            # Recorded, but the run that recorded it may have stopped before finalizing the push.
+            await self._finalize(store, item.push_id)
+            return
         if item.accepted_at is not None:
             lag = (self._clock.now() - item.accepted_at).total_seconds()
             metrics.QUEUE_LAG_SECONDS.labels("send").observe(max(0.0, lag))
@@ -276,9 +277,12 @@ class Sender:
         item = run.item
         if await store.record_unit(item.push_id, item.unit, increments, counted + run.skipped):
             metrics.BATCHES.labels("recorded").inc()
-            if await store.try_finalize(item.push_id):
-                metrics.PUSHES_FINISHED.labels("succeeded").inc()
-                log.info("push_succeeded", push_id=item.push_id)
+            await self._finalize(store, item.push_id)
+
+    async def _finalize(self, store: StatusStore, push_id: str) -> None:
+        if await store.try_finalize(push_id):
+            metrics.PUSHES_FINISHED.labels("succeeded").inc()
+            log.info("push_succeeded", push_id=push_id)
 
     async def _load_progress(self, run: _Run) -> None:
         document = await _progress(run.database).find_one({"_id": _progress_id(run.item)})

@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import start_http_server
 from pymongo.errors import PyMongoError
 
-from pushgw.broker import Consumer, Delivery, Handler, PublishError
+from pushgw.broker import Consumer, Delivery, Handler
 from pushgw.clock import Clock
 from pushgw.connections import Connections
 from pushgw.logs import get_logger, log_context
@@ -28,6 +28,7 @@ from workers.parse_queue import ParseQueue
 from workers.periodic import run_every
 from workers.planner import Planner, ensure_installation_indexes
 from workers.providers.provider import Provider
+from workers.retries import is_transient, retry_later
 from workers.scheduler import Scheduler
 from workers.send_share import SendShare
 from workers.sender import Sender
@@ -35,7 +36,6 @@ from workers.watchdog import Watchdog
 
 log = get_logger(__name__)
 GAUGE_INTERVAL_S = 5.0
-_INFRA_ERRORS = (PyMongoError, PublishError, OSError, asyncio.TimeoutError)
 
 
 class Worker:
@@ -162,13 +162,13 @@ class Worker:
                 await run()
         except asyncio.CancelledError:
             raise  # draining: leave the delivery unacked for another worker
-        except _INFRA_ERRORS as error:
-            log.warning(
-                "unit_retry", push_id=item.push_id, unit=unit, error=f"{type(error).__name__}: {error}"
-            )
-            await delivery.requeue()
-            return
-        except Exception:
+        except Exception as error:
+            if is_transient(error):
+                first_delay_s = self._settings.worker.requeue_delay_s
+                await retry_later(
+                    delivery, first_delay_s, error, "unit_retry", push_id=item.push_id, unit=unit
+                )
+                return
             log.exception("unit_failed", push_id=item.push_id, unit=unit)
             await delivery.requeue()  # the queue's delivery limit dead-letters a poison message
             return

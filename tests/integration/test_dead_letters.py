@@ -8,13 +8,18 @@ from collections.abc import Callable
 from typing import Any
 
 import aio_pika
+import pytest
+import structlog
 
+from pushgw.messages import SendBatch
 from pushgw.settings import Settings
 from tests.fixtures.fleet import RunningWorker
 from tests.fixtures.gateway import RunningGateway, SettingsFactory
+from tests.fixtures.mongo import MongoServer
 from tests.fixtures.parse_data import installation
 from tests.fixtures.processes import ProcessFactory
 from tests.fixtures.rabbit import RabbitAdmin
+from tests.fixtures.tcp_proxy import TcpProxy
 from tests.fixtures.waiting import until
 from tests.integration.test_fleet import FLEET, RECORD_ALL, final_status, send
 from tests.integration.test_scheduler import _toml
@@ -113,3 +118,44 @@ def test_unreadable_message_is_dead_lettered_not_retried(
     asyncio.run(publish())
     until(lambda: rabbit.count("send") == 0, what="the message to leave the send queue")
     assert dead_entries(mongo, db_name) == []  # unreadable: logged and dropped from the DLQ, never retried
+
+
+def test_a_dead_letter_that_cannot_be_stored_yet_is_kept_once_the_database_is_back(
+    make_settings: SettingsFactory,
+    worker_factory: WorkerFactory,
+    tcp_proxy: type[TcpProxy],
+    mongo_server: MongoServer,
+    rabbit: RabbitAdmin,
+    mongo: Any,
+    db_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = tcp_proxy(mongo_server.port)
+    uri = f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true"
+    settings = make_settings(worker=FLEET, recording=RECORD_ALL, mongo={"uri": uri, "timeout_ms": 200})
+    unit = SendBatch(app_id="app1", push_id="deadpush01", unit="all-b0", first_id="a", last_id="z")
+    with structlog.testing.capture_logs() as events:
+        worker_factory(settings)
+        until(lambda: any(e["event"] == "worker_started" for e in events), timeout_s=30, what="worker start")
+        proxy.cut()
+
+        async def dead_letter() -> None:
+            connection = await aio_pika.connect(rabbit.url)
+            async with connection:
+                channel = await connection.channel()
+                exchange = await channel.get_exchange(f"{rabbit.prefix}.dead")
+                await exchange.publish(aio_pika.Message(unit.to_bytes(), delivery_mode=2), routing_key="")
+
+        asyncio.run(dead_letter())
+
+        def failed_to_store() -> bool:  # logged by the consumer, or by aiormq when the consumer raised
+            consumer_failed = any(
+                record.getMessage() == "Consumer callback failed" for record in caplog.records
+            )
+            return consumer_failed or any(e["event"] == "dead_letter_keep_retry" for e in events)
+
+        until(failed_to_store, timeout_s=10, what="the worker to fail to store the dead letter")
+        proxy.restore()
+        [entry] = until(lambda: dead_entries(mongo, db_name), timeout_s=5, what="the dead letter kept")
+    assert (entry["_id"], entry["push_id"], entry["finalized"]) == ("deadpush01:all-b0", "deadpush01", False)
+    until(lambda: rabbit.count("dead") == 0, what="the dead queue to be empty")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from pushgw.messages import SendBatch, parse_work_item
+from pushgw.clock import SystemClock
+from pushgw.messages import Device, SendBatch, parse_work_item
+from pushgw.mongo import create_client
+from pushgw.push_status import COLLECTION, StatusStore
 from pushgw.settings import Settings
 from tests.fixtures.fleet import RunningWorker
 from tests.fixtures.gateway import RunningGateway, SettingsFactory, app_config
@@ -16,6 +20,7 @@ from tests.fixtures.parse_data import installation, seed_schema, user
 from tests.fixtures.rabbit import RabbitAdmin
 from tests.fixtures.waiting import until
 from workers.devices import split_rows
+from workers.outcomes import Sent, Tally
 
 MASTER = {
     "X-Parse-Application-Id": "app1",
@@ -351,3 +356,50 @@ def test_a_one_user_push_is_sent_before_it_is_claimed_in_one_status_update(
     assert row["pushgw"]["audience"] == row["pushgw"]["devices_done"] == 2
     assert sorted(worker.delivered(push_ids[0])) == sorted([phone["_id"], tablet["_id"]])
     assert [worker.payloads(push_ids[0])[device["_id"]].get("badge") for device in (phone, tablet)] == [1, 1]
+
+
+def test_a_recorded_unit_delivered_again_finishes_its_push(
+    make_settings: SettingsFactory,
+    gateway_factory: Callable[[Settings], RunningGateway],
+    worker_factory: Callable[..., RunningWorker],
+    rabbit: RabbitAdmin,
+    mongo: Any,
+    db_name: str,
+) -> None:
+    """What a worker leaves when it stops between recording a push's last unit and finalizing the push (its
+    handler cancelled by a broker blip, or kill -9): the plan done, every device counted, the push `running`,
+    the unit still queued. Its redelivery must finish the push, and send nothing again."""
+    row = installation("ios")
+    mongo[db_name]["_Installation"].insert_one(row)
+    settings = make_settings(worker=FLEET, recording=RECORD_ALL)
+    push_id = send(gateway_factory(settings), {"where": {}, "data": {"alert": "x"}})
+    assert len(rabbit.take_all("plan")) == 1  # no worker yet: planned below, by hand
+    device = Device(row["_id"], "ios", "apns", row["installationId"], row["deviceToken"])
+    unit = SendBatch(
+        app_id="app1",
+        push_id=push_id,
+        unit="all-b0",
+        first_id=row["_id"],
+        last_id=row["_id"],
+        devices=[device],
+    )
+
+    async def plan_and_record() -> None:
+        client = create_client(settings.mongo.uri or "", settings.mongo.timeout_ms)
+        try:
+            store = StatusStore(client[db_name][COLLECTION], SystemClock())
+            assert await store.claim_plan(push_id, "all", "crashed", 300) == {}
+            assert await store.finish_plan(push_id, "all", "crashed", 1)
+            tally = Tally()
+            tally.add(Sent(device))
+            assert await store.record_unit(push_id, unit.unit, tally.increments(), 1)
+        finally:
+            await client.close()
+
+    asyncio.run(plan_and_record())
+    assert mongo[db_name]["_PushStatus"].find_one({"_id": push_id})["status"] == "running"
+    rabbit.publish_to_queue("send", [unit.to_bytes()])
+    worker = worker_factory(settings)
+    status = final_status(mongo, db_name, push_id, timeout_s=10)
+    assert (status["status"], status["numSent"], status.get("numFailed", 0)) == ("succeeded", 1, 0)
+    assert worker.delivered(push_id) == []

@@ -15,13 +15,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import structlog
 
 from pushgw.push import audience_where, parse_push
 from pushgw.push_status import new_status_document
 from tests.fixtures.fleet import RunningWorker
 from tests.fixtures.gateway import SettingsFactory
+from tests.fixtures.mongo import MongoServer
 from tests.fixtures.parse_data import installation, seed_schema
 from tests.fixtures.rabbit import RabbitAdmin
+from tests.fixtures.tcp_proxy import TcpProxy
 from tests.fixtures.waiting import until
 
 WORKER = {"batch_size": 2, "requeue_delay_s": 0.1}
@@ -176,3 +179,41 @@ def test_a_parse_push_whose_items_never_arrive_is_failed_by_the_watchdog(parse_s
         assert row["status"] == "failed"
         assert "none of its work items reached pushgw's fleet" in row["errorMessage"]["message"]
     assert database["_PushStatus"].find_one({"_id": "ParseQ0005"})["status"] == "running"  # only 0 s idle
+
+
+def test_a_database_outage_longer_than_the_delivery_limit_allows_loses_no_parse_item(
+    make_settings: SettingsFactory,
+    worker_factory: Callable[..., RunningWorker],
+    tcp_proxy: type[TcpProxy],
+    mongo_server: MongoServer,
+    rabbit: RabbitAdmin,
+    mongo: Any,
+    db_name: str,
+) -> None:
+    database = mongo[db_name]
+    database["_Installation"].insert_many([installation("ios") for _ in range(3)])
+    [item] = parse_accepts(database, "ParseQ0007", {"where": {}, "data": {"alert": "x"}}, batch_size=100)
+    proxy, limit = tcp_proxy(mongo_server.port), 2
+    uri = f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true"
+    settings = make_settings(
+        worker={**WORKER, "requeue_delay_s": 0.05}, recording=RECORD_ALL, queue={"delivery_limit": limit},
+        mongo={"uri": uri, "timeout_ms": 200},
+    )  # fmt: skip
+    dead_events = ("dead_letter_unreadable", "dead_letter_keep_retry", "work_item_dead_lettered")
+    with structlog.testing.capture_logs() as events:
+        worker = worker_factory(settings)
+        until(lambda: any(e["event"] == "worker_started" for e in events), timeout_s=30, what="worker start")
+        proxy.cut()
+        rabbit.publish_to_queue("parse", [item])
+
+        def outlasted_the_delivery_limit() -> bool:
+            retries = [e for e in events if e["event"] == "parse_item_retry"]
+            return len(retries) > limit + 1 or any(e["event"] in dead_events for e in events)
+
+        until(outlasted_the_delivery_limit, timeout_s=30, what="more failed attempts than the limit allows")
+        assert [e for e in events if e["event"] in dead_events] == []
+        proxy.restore()
+        row = final_status(database, "ParseQ0007")
+    assert (row["status"], row["numSent"]) == ("succeeded", 3)
+    assert len(worker.delivered("ParseQ0007")) == 3
+    assert list(database["pushgw_dead"].find()) == []

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import REGISTRY
 
+from pushgw.messages import PlanPush
 from pushgw.settings import Settings
 from tests.fixtures.fleet import RunningWorker
 from tests.fixtures.gateway import RunningGateway, SettingsFactory
@@ -52,3 +54,45 @@ def test_watchdog_exports_dead_letters_idle_and_expired_running_pushes(
     }
     mongo[db_name]["_PushStatus"].insert_one(expired)
     until(lambda: gauge("pushgw_running_pushes_past_expiry") == 1, timeout_s=10, what="1 push past expiry")
+
+
+def test_an_unreadable_dead_letter_is_skipped_and_the_watchdog_ticks_on(
+    make_settings: SettingsFactory, worker_factory: WorkerFactory, mongo: Any, db_name: str
+) -> None:
+    """An entry kept by a newer release (a mixed-version fleet, a rollback) is left for that release or
+    `pushgw dlq`; the other entries are finalized and the watchdog goes on with its other work."""
+    database = mongo[db_name]
+    now = datetime.now(UTC)
+    day_ago = now - timedelta(days=1)
+    database["_PushStatus"].insert_one(
+        {"_id": "deadplan01", "status": "running", "_created_at": now, "pushgw": {"progress_at": now}}
+    )
+    newer = json.dumps({"kind": "plan_push", "version": 2, "app_id": "app1", "push_id": "newer00001"})
+    dead_plan = PlanPush(app_id="app1", push_id="deadplan01", where={}, accepted_at=day_ago)
+    entry = {"app_id": "app1", "kind": "plan_push", "route": "plan", "dead_at": day_ago, "finalized": False}
+    database["pushgw_dead"].insert_many(
+        [
+            {**entry, "_id": "0newer00001:plan", "push_id": "newer00001", "body": newer},
+            {
+                **entry,
+                "_id": "deadplan01:plan",
+                "push_id": "deadplan01",
+                "body": dead_plan.to_bytes().decode(),
+            },
+        ]
+    )
+    worker = {**FLEET, "dead_letter_grace_s": 0, "watchdog_interval_s": 0.2, "stale_pending_s": 60}
+    worker_factory(make_settings(worker=worker, recording=RECORD_ALL))
+
+    def failed(push_id: str) -> dict[str, Any] | None:
+        row: dict[str, Any] | None = database["_PushStatus"].find_one({"_id": push_id, "status": "failed"})
+        return row
+
+    row = until(lambda: failed("deadplan01"), timeout_s=10, what="the dead plan's push failed")
+    assert row["errorMessage"]["message"] == "planning was dead-lettered after repeated failures"
+    # Inserted only now: the watchdog's first tick found nothing stale, a later one must.
+    database["_PushStatus"].insert_one({"_id": "stale00001", "status": "pending", "_created_at": day_ago})
+    until(lambda: failed("stale00001"), timeout_s=10, what="the watchdog to fail a stale push")
+    assert {e["_id"]: e["finalized"] for e in database["pushgw_dead"].find()} == {
+        "0newer00001:plan": False, "deadplan01:plan": True,
+    }  # fmt: skip
