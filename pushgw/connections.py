@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pymongo import AsyncMongoClient
 
-from pushgw.broker import Broker, create_broker
+from pushgw.broker import Broker, RabbitBroker
+from pushgw.memory_broker import MemoryBroker
 from pushgw.mongo import Document, EmbeddedMongo, create_client
-from pushgw.settings import Settings
+from pushgw.settings import QueueSettings, Settings
 from pushgw.tracing import configure_tracing
+
+
+def create_broker(settings: QueueSettings, delay_tiers_s: Sequence[int] = (5,)) -> Broker:
+    if settings.is_memory:
+        return MemoryBroker()
+    return RabbitBroker(settings, delay_tiers_s)
 
 
 @dataclass(slots=True)

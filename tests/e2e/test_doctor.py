@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pushgw.broker import create_broker
+from pushgw.connections import create_broker
 from pushgw.emulators.tls import write_apns_key, write_server_certificates, write_service_account
 from pushgw.settings import QueueSettings
 from tests.fixtures.certificates import write_certificate

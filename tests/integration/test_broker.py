@@ -8,7 +8,8 @@ import asyncio
 import aio_pika
 import pytest
 
-from pushgw.broker import Delivery, PublishError, create_broker
+from pushgw.broker import Delivery, PublishError
+from pushgw.connections import create_broker
 from pushgw.settings import QueueSettings
 from pushgw.topology import PARSE, PLAN, SEND
 from tests.fixtures.rabbit import RabbitAdmin

@@ -8,7 +8,8 @@ from collections import Counter
 
 import aio_pika
 
-from pushgw.broker import Broker, Consumer, Delivery, create_broker
+from pushgw.broker import Broker, Consumer, Delivery
+from pushgw.connections import create_broker
 from pushgw.settings import QueueSettings
 from pushgw.topology import SEND
 from tests.fixtures.rabbit import RabbitAdmin
