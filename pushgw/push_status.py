@@ -344,6 +344,17 @@ async def fail_push(collection: AsyncCollection[Document], push_id: str, code: i
     return result.modified_count == 1
 
 
+async def fail_unplanned(
+    collection: AsyncCollection[Document], push_id: str, code: int, message: str
+) -> bool:
+    """Mark a push no planner of ours ever claimed `failed` (e.g. one only Parse Server's queue fed)."""
+    result = await collection.update_one(
+        {"_id": push_id, "status": {"$nin": list(TERMINAL)}, f"{OWN}.plans": {"$exists": False}},
+        {"$set": {"status": "failed", "errorMessage": {"code": code, "message": message}}},
+    )
+    return result.modified_count == 1
+
+
 async def fail_unstarted(
     collection: AsyncCollection[Document], push_id: str, code: int, message: str
 ) -> bool:

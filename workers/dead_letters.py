@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -17,11 +18,12 @@ from pushgw.clock import Clock
 from pushgw.logs import get_logger
 from pushgw.messages import PlanPush, SendBatch, UnknownWorkItem, parse_work_item
 from pushgw.mongo import Document
-from pushgw.push_status import COLLECTION, StatusStore
+from pushgw.push_status import COLLECTION, StatusStore, fail_unplanned
 from pushgw.settings import Settings
-from pushgw.topology import PLAN, SEND
+from pushgw.topology import PARSE, PLAN, SEND
 from workers.devices import resolve_rows, split_rows
 from workers.outcomes import Failed, Reason, Tally, utc_offset_key
+from workers.parse_queue import UnreadableParseItem, read_parse_item
 
 log = get_logger(__name__)
 DEAD = "pushgw_dead"
@@ -47,6 +49,32 @@ def dead_id(item: PlanPush | SendBatch) -> str:
     return f"{item.push_id}:{item.unit if isinstance(item, SendBatch) else 'plan'}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Dead:
+    """What a dead letter is: one of pushgw's work items, or a Parse Server PushQueue item (route C)."""
+
+    app_id: str
+    push_id: str
+    kind: str
+    route: str
+    entry_id: str
+
+
+def _dead(body: bytes) -> _Dead:
+    """UnknownWorkItem if it is neither."""
+    try:
+        item = parse_work_item(body)
+    except UnknownWorkItem:
+        try:
+            parse_item = read_parse_item(body)
+        except UnreadableParseItem as error:
+            raise UnknownWorkItem(str(error)) from None
+        push_id = parse_item.push_status.object_id
+        return _Dead(parse_item.application_id, push_id, PARSE, PARSE, f"{push_id}:{PARSE}")
+    route = PLAN if isinstance(item, PlanPush) else SEND
+    return _Dead(item.app_id, item.push_id, item.kind, route, dead_id(item))
+
+
 class DeadLetters:
     """Moves the dead-letter queue into MongoDB, where operators can list and replay it."""
 
@@ -60,7 +88,7 @@ class DeadLetters:
     async def keep(self, delivery: Delivery) -> None:
         """Consumer for `<prefix>.dead`: store the message, then ack it."""
         try:
-            item = parse_work_item(delivery.body)
+            item = _dead(delivery.body)
         except UnknownWorkItem:
             log.error("dead_letter_unreadable", body=delivery.body[:200].decode(errors="replace"))
             await delivery.ack()
@@ -71,8 +99,8 @@ class DeadLetters:
             await delivery.ack()
             return
         document = {
-            "_id": dead_id(item), "app_id": item.app_id, "push_id": item.push_id, "kind": item.kind,
-            "route": PLAN if isinstance(item, PlanPush) else SEND, "body": _stored(delivery.body),
+            "_id": item.entry_id, "app_id": item.app_id, "push_id": item.push_id, "kind": item.kind,
+            "route": item.route, "body": _stored(delivery.body),
             "dead_at": self._clock.now(), "finalized": False,
         }  # fmt: skip
         try:
@@ -117,6 +145,10 @@ class DeadLetters:
 
 
 async def finalize(entry: Document, store: StatusStore) -> None:
+    if entry["kind"] == PARSE:  # Parse Server's item for a push no planner of ours ever claimed
+        message = "its Parse Server work item was dead-lettered after repeated failures"
+        await fail_unplanned(store.collection, entry["push_id"], 1, message)
+        return
     item = parse_work_item(_body(entry))
     if isinstance(item, PlanPush):
         await store.fail(item.push_id, 1, "planning was dead-lettered after repeated failures")

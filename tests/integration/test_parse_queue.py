@@ -7,6 +7,7 @@ item per skip page in the observed message format, published the way deploy/pars
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Callable
@@ -14,9 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aio_pika
 import pytest
 import structlog
 
+from pushgw.connections import create_broker
+from pushgw.mongo import create_client
 from pushgw.push import audience_where, parse_push
 from pushgw.push_status import new_status_document
 from tests.fixtures.fleet import RunningWorker
@@ -26,6 +30,7 @@ from tests.fixtures.parse_data import installation, seed_schema
 from tests.fixtures.rabbit import RabbitAdmin
 from tests.fixtures.tcp_proxy import TcpProxy
 from tests.fixtures.waiting import until
+from workers.dead_letters import replay
 
 WORKER = {"batch_size": 2, "requeue_delay_s": 0.1}
 RECORD_ALL = {"transports": ["apns", "fcm", "ppns"]}
@@ -217,3 +222,63 @@ def test_a_database_outage_longer_than_the_delivery_limit_allows_loses_no_parse_
     assert (row["status"], row["numSent"]) == ("succeeded", 3)
     assert len(worker.delivered("ParseQ0007")) == 3
     assert list(database["pushgw_dead"].find()) == []
+
+
+def dead_letter(rabbit: RabbitAdmin, body: bytes) -> None:
+    """What RabbitMQ does with an item past the delivery limit: it goes to the dead-letter exchange."""
+
+    async def publish() -> None:
+        connection = await aio_pika.connect(rabbit.url)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange(f"{rabbit.prefix}.dead")
+            await exchange.publish(aio_pika.Message(body, delivery_mode=2), routing_key="")
+
+    asyncio.run(publish())
+
+
+def test_a_dead_lettered_parse_item_is_kept_and_replayed(
+    parse_side: ParseSide, make_settings: SettingsFactory, rabbit: RabbitAdmin
+) -> None:
+    """A Parse Server item dead-lettered after repeated failures is kept for `pushgw dlq` like pushgw's own
+    work (it used to be dropped as unreadable), and a replay sends it to the Parse queue again."""
+    database = parse_side.database
+    database["_Installation"].insert_many([installation("ios"), installation("android")])
+    [item] = parse_accepts(database, "ParseQ0010", {"where": {}, "data": {"alert": "x"}}, batch_size=100)
+    parse_side.start_worker()
+    dead_letter(rabbit, item)
+    [entry] = until(lambda: list(database["pushgw_dead"].find()), what="the dead letter kept")
+    assert (entry["_id"], entry["kind"], entry["route"], entry["finalized"]) == (
+        "ParseQ0010:parse",
+        "parse",
+        "parse",
+        False,
+    )
+
+    async def replay_it() -> str:
+        broker = create_broker(make_settings().queue)
+        client = create_client(make_settings().mongo.uri or "", 5000)
+        await broker.start()
+        try:
+            return await replay(broker, client[database.name], entry["_id"])
+        finally:
+            await broker.close()
+            await client.close()
+
+    assert asyncio.run(replay_it()) == "replayed"
+    row = final_status(database, "ParseQ0010")
+    assert (row["status"], row["numSent"]) == ("succeeded", 2)
+
+
+def test_a_dead_lettered_parse_item_fails_its_unplanned_push_after_the_grace_period(
+    parse_side: ParseSide, rabbit: RabbitAdmin
+) -> None:
+    database = parse_side.database
+    database["_Installation"].insert_one(installation("ios"))
+    [item] = parse_accepts(database, "ParseQ0011", {"where": {}, "data": {"alert": "x"}}, batch_size=100)
+    parse_side.start_worker(dead_letter_grace_s=0, watchdog_interval_s=0.2)
+    dead_letter(rabbit, item)
+    row = final_status(database, "ParseQ0011")
+    assert (row["status"], row["errorMessage"]["code"]) == ("failed", 1)
+    assert "dead-lettered" in row["errorMessage"]["message"]
+    until(lambda: database["pushgw_dead"].find_one({"finalized": True}), what="the entry finalized")
