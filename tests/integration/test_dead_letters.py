@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
 
-import aio_pika
 import pytest
 import structlog
 
@@ -107,15 +105,7 @@ def test_unreadable_message_is_dead_lettered_not_retried(
     settings = make_settings(worker=FLEET, recording=RECORD_ALL)
     worker_factory(settings)
     body = json.dumps({"kind": "send_batch", "version": 99, "app_id": "app1", "push_id": "x"}).encode()
-
-    async def publish() -> None:
-        connection = await aio_pika.connect(rabbit.url)
-        async with connection:
-            channel = await connection.channel()
-            exchange = await channel.get_exchange(f"{rabbit.prefix}.work")
-            await exchange.publish(aio_pika.Message(body, delivery_mode=2), routing_key="send")
-
-    asyncio.run(publish())
+    rabbit.publish_to_exchange("work", body, routing_key="send")
     until(lambda: rabbit.count("send") == 0, what="the message to leave the send queue")
     assert dead_entries(mongo, db_name) == []  # unreadable: logged and dropped from the DLQ, never retried
 
@@ -138,15 +128,7 @@ def test_a_dead_letter_that_cannot_be_stored_yet_is_kept_once_the_database_is_ba
         worker_factory(settings)
         until(lambda: any(e["event"] == "worker_started" for e in events), timeout_s=30, what="worker start")
         proxy.cut()
-
-        async def dead_letter() -> None:
-            connection = await aio_pika.connect(rabbit.url)
-            async with connection:
-                channel = await connection.channel()
-                exchange = await channel.get_exchange(f"{rabbit.prefix}.dead")
-                await exchange.publish(aio_pika.Message(unit.to_bytes(), delivery_mode=2), routing_key="")
-
-        asyncio.run(dead_letter())
+        rabbit.publish_to_exchange("dead", unit.to_bytes())
 
         def failed_to_store() -> bool:  # logged by the consumer, or by aiormq when the consumer raised
             consumer_failed = any(

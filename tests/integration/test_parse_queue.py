@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aio_pika
 import pytest
 import structlog
 
@@ -224,19 +223,6 @@ def test_a_database_outage_longer_than_the_delivery_limit_allows_loses_no_parse_
     assert list(database["pushgw_dead"].find()) == []
 
 
-def dead_letter(rabbit: RabbitAdmin, body: bytes) -> None:
-    """What RabbitMQ does with an item past the delivery limit: it goes to the dead-letter exchange."""
-
-    async def publish() -> None:
-        connection = await aio_pika.connect(rabbit.url)
-        async with connection:
-            channel = await connection.channel()
-            exchange = await channel.get_exchange(f"{rabbit.prefix}.dead")
-            await exchange.publish(aio_pika.Message(body, delivery_mode=2), routing_key="")
-
-    asyncio.run(publish())
-
-
 def test_a_dead_lettered_parse_item_is_kept_and_replayed(
     parse_side: ParseSide, make_settings: SettingsFactory, rabbit: RabbitAdmin
 ) -> None:
@@ -246,7 +232,7 @@ def test_a_dead_lettered_parse_item_is_kept_and_replayed(
     database["_Installation"].insert_many([installation("ios"), installation("android")])
     [item] = parse_accepts(database, "ParseQ0010", {"where": {}, "data": {"alert": "x"}}, batch_size=100)
     parse_side.start_worker()
-    dead_letter(rabbit, item)
+    rabbit.publish_to_exchange("dead", item)  # what RabbitMQ does past the delivery limit
     [entry] = until(lambda: list(database["pushgw_dead"].find()), what="the dead letter kept")
     assert (entry["_id"], entry["kind"], entry["route"], entry["finalized"]) == (
         "ParseQ0010:parse",
@@ -277,7 +263,7 @@ def test_a_dead_lettered_parse_item_fails_its_unplanned_push_after_the_grace_per
     database["_Installation"].insert_one(installation("ios"))
     [item] = parse_accepts(database, "ParseQ0011", {"where": {}, "data": {"alert": "x"}}, batch_size=100)
     parse_side.start_worker(dead_letter_grace_s=0, watchdog_interval_s=0.2)
-    dead_letter(rabbit, item)
+    rabbit.publish_to_exchange("dead", item)  # what RabbitMQ does past the delivery limit
     row = final_status(database, "ParseQ0011")
     assert (row["status"], row["errorMessage"]["code"]) == ("failed", 1)
     assert "dead-lettered" in row["errorMessage"]["message"]
