@@ -652,12 +652,18 @@ def test_every_publish_made_while_the_live_publisher_connects_reaches_the_nodes(
             )
             node_queue = await channel.declare_queue(exclusive=True)
             await node_queue.bind(exchange)
+            loop = asyncio.get_running_loop()
             first = asyncio.ensure_future(publisher.publish_entries(b"0"))
             later: list[asyncio.Future[bool]] = []
-            while not first.done():  # one more publish on every turn of the loop until the first is out
-                later.append(asyncio.ensure_future(publisher.publish_entries(b"%d" % (len(later) + 1))))
-                await asyncio.sleep(0)
-            published = [await first, *await asyncio.gather(*later)]
+
+            def one_more() -> None:  # one more publish on every turn of the loop until the first is out
+                if not first.done():
+                    later.append(asyncio.ensure_future(publisher.publish_entries(b"%d" % (len(later) + 1))))
+                    loop.call_soon(one_more)
+
+            one_more()
+            await first
+            published = [first.result(), *await asyncio.gather(*later)]
 
             async def arrived(expected: int) -> int:
                 count = 0
