@@ -24,6 +24,7 @@ from pushgw.topology import PARSE, PLAN, SEND
 from workers.devices import resolve_rows, split_rows
 from workers.outcomes import Failed, Reason, Tally, utc_offset_key
 from workers.parse_queue import UnreadableParseItem, read_parse_item
+from workers.retries import infra_retry_delay_s
 
 log = get_logger(__name__)
 DEAD = "pushgw_dead"
@@ -84,6 +85,7 @@ class DeadLetters:
         self._settings = settings
         self._databases = databases
         self._clock = clock
+        self._failed_stores = 0  # stores failed in a row: the backoff before handing a dead letter back
 
     async def keep(self, delivery: Delivery) -> None:
         """Consumer for `<prefix>.dead`: store the message, then ack it."""
@@ -107,13 +109,20 @@ class DeadLetters:
             with contextlib.suppress(DuplicateKeyError):  # the same unit died twice: one entry is enough
                 await dead_collection(database).insert_one(document)
         except PyMongoError as error:
-            # Not kept yet: back to the dead queue (it has no delivery limit) once MongoDB may be back.
+            # Not kept yet: back to the dead queue (it has no delivery limit) after a backoff that grows with
+            # each store failing in a row (the dead queue's messages carry no retry count of their own).
+            delay_s = infra_retry_delay_s(self._settings.worker.requeue_delay_s, self._failed_stores)
+            self._failed_stores += 1
             log.warning(
-                "dead_letter_keep_retry", push_id=item.push_id, error=f"{type(error).__name__}: {error}"
+                "dead_letter_keep_retry",
+                push_id=item.push_id,
+                error=f"{type(error).__name__}: {error}",
+                delay_s=delay_s,
             )
-            await asyncio.sleep(self._settings.worker.requeue_delay_s)
+            await asyncio.sleep(delay_s)
             await delivery.requeue()
             return
+        self._failed_stores = 0
         metrics.DEAD_LETTERS.labels(item.kind).inc()
         log.error("work_item_dead_lettered", push_id=item.push_id, kind=item.kind, id=document["_id"])
         await delivery.ack()
