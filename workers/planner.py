@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import bson
 import pymongo
@@ -38,6 +38,7 @@ from workers.row_cursor import row_batches
 from workers.send_share import SendShare
 from workers.sender import Sender, SentUnit
 
+T = TypeVar("T")
 log = get_logger(__name__)
 _CURSOR_BATCH = 2000
 
@@ -468,11 +469,12 @@ async def _fail(store: StatusStore, push_id: str, code: int, message: str) -> No
 async def _read_ahead(cursor: AsyncRawBatchCursor[Document]) -> AsyncIterator[bytes]:
     """The cursor's replies (each its rows as BSON, back to back), the next getMore already on its way
     while the caller works on the current one: database and planner overlap instead of taking turns."""
-    pending = asyncio.ensure_future(cursor.to_list(1))  # a raw cursor's "document" is one whole reply
+    # A raw cursor's "document" is one whole reply.
+    pending: asyncio.Future[list[Document]] = asyncio.ensure_future(cursor.to_list(1))
     try:
         while replies := await pending:
-            pending = asyncio.ensure_future(cursor.to_list(1))
-            await asyncio.sleep(0)  # let that getMore leave now, not after this reply's batches are published
+            # The next getMore leaves now, not after this reply's batches are published.
+            pending = await _under_way(lambda: cursor.to_list(1))
             for reply in replies:
                 yield cast(bytes, reply)
     finally:
@@ -480,6 +482,24 @@ async def _read_ahead(cursor: AsyncRawBatchCursor[Document]) -> AsyncIterator[by
             pending.cancel()
             await asyncio.gather(pending, return_exceptions=True)
         await cursor.close()
+
+
+async def _under_way(read: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+    """`read()` as a task, returned once that task has run up to its first wait (for the database's answer,
+    its request sent): it has started, not merely been scheduled behind the caller's next steps."""
+    started = asyncio.Event()
+
+    async def run() -> T:
+        started.set()
+        return await read()
+
+    task = asyncio.ensure_future(run())
+    try:
+        await started.wait()
+    except BaseException:
+        task.cancel()
+        raise
+    return task
 
 
 def server_filter(translated: dict[str, Any], time_zones: list[str] | None = None) -> dict[str, Any]:
