@@ -260,11 +260,12 @@ class Backlog:
         document = await self._sequence.find_one({"_id": _SEQUENCE_ID}) or {}
         return int(document.get("seq", 0)), format_time(int(document.get("time_ms", 0)))
 
-    async def seq_before(self, stored_at: datetime) -> int:
-        """The newest `seq` stored before `stored_at` (by the storing worker's clock)."""
+    async def seq_before(self, stored_at: datetime, newest: int) -> int:
+        """The newest `seq` stored before `stored_at` (by the storing worker's clock); `newest` (the newest
+        committed) if none was stored since."""
         since = self._log.find({"stored_at": {"$gte": stored_at}}, {"_id": 1})
         first = [int(document["_id"]) async for document in since.sort("_id", ASCENDING).limit(1)]
-        return first[0] - 1 if first else (await self.newest())[0]
+        return first[0] - 1 if first else newest
 
     async def entries_between(self, after: int, upto: int) -> list[Entry]:
         """The entries with `after` < seq ≤ `upto`, in `seq` order (a node filling a gap)."""
@@ -300,10 +301,9 @@ class Backlog:
                 after = min(after, registered_after)
         elif last is None and no_last == "none" and registered_after is not None:
             after = registered_after
-        elif last is None and no_last == "none":
-            sequence = await self._sequence.find_one({"_id": _SEQUENCE_ID}) or {}
-            newest_ms = int(sequence.get("time_ms", 0))
-            return [], format_time(newest_ms) if newest_ms else None
+        elif last is None and no_last == "none":  # the node does not know what it handed out yet
+            seq, newest_time = await self.newest()
+            return [], newest_time if seq else None
         query: Document = {"installations": installation_id}
         if after is not None:
             query["time"] = {"$gt": after}

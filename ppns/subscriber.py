@@ -109,7 +109,7 @@ class _AppEntries:
                     # with the entries stored since the node started (a margin for clocks apart), so that
                     # none of theirs is skipped. One a connection has already passed is skipped by it.
                     since = self._started_at - timedelta(seconds=START_MARGIN_S)
-                    start = await self._backlog.seq_before(since)
+                    start = await self._backlog.seq_before(since, newest)
                     self._jump(start, newest_time if start == newest else None)
                 upto = newest if upto is None else upto
             if self.watermark is None or upto <= self.watermark:

@@ -337,30 +337,30 @@ def _plan(document: Document | None, key: str) -> Document:
 
 async def fail_push(collection: AsyncCollection[Document], push_id: str, code: int, message: str) -> bool:
     """End a push `failed` with Parse's `errorMessage` shape; never touches a terminal push."""
-    result = await collection.update_one(
-        {"_id": push_id, "status": {"$nin": list(TERMINAL)}},
-        {"$set": {"status": "failed", "errorMessage": {"code": code, "message": message}}},
-    )
-    return result.modified_count == 1
+    return await _fail_where(collection, push_id, {"status": {"$nin": list(TERMINAL)}}, code, message)
 
 
 async def fail_unplanned(
     collection: AsyncCollection[Document], push_id: str, code: int, message: str
 ) -> bool:
     """Mark a push no planner of ours ever claimed `failed` (e.g. one only Parse Server's queue fed)."""
-    result = await collection.update_one(
-        {"_id": push_id, "status": {"$nin": list(TERMINAL)}, f"{OWN}.plans": {"$exists": False}},
-        {"$set": {"status": "failed", "errorMessage": {"code": code, "message": message}}},
-    )
-    return result.modified_count == 1
+    unplanned = {"status": {"$nin": list(TERMINAL)}, f"{OWN}.plans": {"$exists": False}}
+    return await _fail_where(collection, push_id, unplanned, code, message)
 
 
 async def fail_unstarted(
     collection: AsyncCollection[Document], push_id: str, code: int, message: str
 ) -> bool:
     """Mark a push that never started `failed`; never touches a push a worker already picked up."""
+    unstarted = {"status": {"$in": ["pending", "scheduled"]}}
+    return await _fail_where(collection, push_id, unstarted, code, message)
+
+
+async def _fail_where(
+    collection: AsyncCollection[Document], push_id: str, where: Document, code: int, message: str
+) -> bool:
     result = await collection.update_one(
-        {"_id": push_id, "status": {"$in": ["pending", "scheduled"]}},
+        {"_id": push_id, **where},
         {"$set": {"status": "failed", "errorMessage": {"code": code, "message": message}}},
     )
     return result.modified_count == 1
