@@ -245,6 +245,9 @@ class Sender:
         unit = f"{_RETRY_SUFFIX.sub('', item.unit)}r{item.attempt}"
         devices = [outcome.device for outcome in deferred]
         retry = item.model_copy(update={"unit": unit, "attempt": item.attempt + 1, "devices": devices})
+        # Outcomes first: if this unit is redelivered before its record lands, it finds its deferred devices
+        # handed to the retry unit (and only re-publishes it) instead of sending and counting them itself.
+        await self._save_progress(run)
         await self._broker.publish_delayed(delay_s, retry.to_bytes(), message_id=f"{item.push_id}:{unit}")
         log.info(
             "devices_deferred", push_id=item.push_id, unit=item.unit, devices=len(devices), delay_s=delay_s

@@ -258,6 +258,23 @@ def test_transient_failures_are_retried_then_given_up(fleet: Any, mongo: Any, db
     assert worker.delivered(push_id) == [good["_id"]]
 
 
+def test_a_unit_saves_its_outcomes_before_it_hands_deferred_devices_to_a_retry_unit(
+    fleet: Any, rabbit: RabbitAdmin, mongo: Any, db_name: str
+) -> None:
+    """Once a retry unit is queued, the outcomes of the unit it came from are saved, the deferred device's
+    included. A redelivery of that unit before its record lands (a worker dying in between) then leaves the
+    device to the retry unit instead of sending it again, which, had the device's service recovered, would
+    count it twice: once by the redelivered unit, once by the retry unit."""
+    flaky, good = installation("ios", deviceToken="flaky-1"), installation("ios")
+    mongo[db_name]["_Installation"].insert_many([flaky, good])
+    recording = {**RECORD_ALL, "fail_tokens": {"flaky-": "deferred:ServiceUnavailable"}}
+    gateway, _, _ = fleet(recording=recording, worker={**FLEET, "delay_tiers_s": [30]})
+    push_id = send(gateway, {"where": {}, "data": {"alert": "x"}})
+    until(lambda: rabbit.count("delay.30s") == 1, what="the retry unit to wait in its delay queue")
+    [progress] = list(mongo[db_name]["pushgw_progress"].find({"_id": {"$regex": f"^{push_id}:"}}))
+    assert progress["outcomes"] == {good["_id"]: "s", flaky["_id"]: "d:ServiceUnavailable:"}
+
+
 def test_ten_thousand_installations_shared_by_two_workers_count_exactly(
     make_settings: SettingsFactory, gateway_factory: Callable[[Settings], RunningGateway],
     worker_factory: Callable[..., RunningWorker], mongo: Any, db_name: str,
